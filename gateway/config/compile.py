@@ -1,0 +1,334 @@
+"""Configuration -> the immutable objects the request path uses.
+
+Compilation checks what the schema alone cannot (names that must exist, routes that can never
+match, URLs that must not be plain http) and produces a :class:`CompiledConfig`: a route table, per
+route requirements and header rules, per issuer key sources. The request path only looks things
+up in it; it never reads the configuration models.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gateway.pipeline.authorize import ClaimRule, Requirement
+from gateway.pipeline.identity import HeaderStripper
+from gateway.pipeline.ingress import AmbiguousPath, normalize_path
+from gateway.pipeline.routing import RouteMatcher, RouteTable
+from gateway.pipeline.verify.fetch import plain_http_refused
+
+from .problems import ConfigError, KeyPath, Problem
+from .schema import Auth, Config, Contains, Cors, Issuer, Upstream
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """Where a route's requests go."""
+
+    name: str
+    scheme: str
+    host: str
+    port: int
+    base_path: str
+    connect_timeout: float
+    timeout: float
+    max_connections: int
+    preserve_host: bool
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    allow_origins: frozenset[str]
+    allow_methods: tuple[str, ...]
+    allow_headers: tuple[str, ...]
+    allow_credentials: bool
+    max_age: int
+
+    def allows_origin(self, origin: str) -> bool:
+        return origin in self.allow_origins or (
+            "*" in self.allow_origins and not self.allow_credentials
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    name: str
+    index: int
+    upstream: UpstreamTarget
+    strip_prefix: str | None
+    requirement: Requirement | None  # None: public
+    max_body_bytes: int
+    identity_headers: Mapping[str, str]
+    cors: CorsPolicy | None
+
+    @property
+    def public(self) -> bool:
+        return self.requirement is None
+
+    def upstream_path(self, path: str) -> str:
+        """The path sent upstream: the matched path less ``strip_prefix``, under the base path."""
+        if self.strip_prefix and (
+            path == self.strip_prefix or path.startswith(self.strip_prefix.rstrip("/") + "/")
+        ):
+            path = path[len(self.strip_prefix.rstrip("/")) :] or "/"
+            if not path.startswith("/"):
+                path = "/" + path
+        return self.upstream.base_path + path if self.upstream.base_path else path
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerSource:
+    """Where an issuer's keys come from, and how it is checked."""
+
+    name: str
+    config: Issuer
+    jwks_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledConfig:
+    config: Config
+    routes: RouteTable[CompiledRoute]
+    issuers: Mapping[str, IssuerSource]
+    upstreams: Mapping[str, UpstreamTarget]
+    stripper: HeaderStripper
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    warnings: list[Problem] = field(default_factory=list)
+
+
+class _Compiler:
+    def __init__(self, config: Config, base_dir: Path) -> None:
+        self.config = config
+        self.base_dir = base_dir
+        self.problems: list[Problem] = []
+        self.upstreams: dict[str, UpstreamTarget] = {}
+
+    def error(self, path: KeyPath, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+    def warn(self, path: KeyPath, message: str) -> None:
+        self.problems.append(Problem(path, message, severity="warning"))
+
+    def run(self) -> CompiledConfig:
+        config = self.config
+        issuers = {name: self.issuer(name, issuer) for name, issuer in config.issuers.items()}
+        for name, upstream in config.upstreams.items():
+            target = self.upstream_target(("upstreams", name, "url"), name, upstream)
+            if target is not None:
+                self.upstreams[name] = target
+        entries = []
+        for index in range(len(config.routes)):
+            matcher, route = self.matcher(index), self.route(index)
+            if matcher is not None and route is not None:
+                entries.append((matcher, route))
+        table = RouteTable(entries)
+        self.check_route_table(table)
+        names = [*config.identity.headers]
+        names += [h for r in config.routes if r.identity for h in r.identity.headers]
+        errors = [p for p in self.problems if p.severity == "error"]
+        if errors:
+            raise ConfigError(self.problems)
+        return CompiledConfig(
+            config=config,
+            routes=table,
+            issuers=issuers,
+            upstreams=self.upstreams,
+            stripper=HeaderStripper.of(config.identity.strip_prefixes, names),
+            trusted_proxies=config.trusted_proxies,
+            warnings=[p for p in self.problems if p.severity == "warning"],
+        )
+
+    def issuer(self, name: str, issuer: Issuer) -> IssuerSource:
+        path: KeyPath = ("issuers", name)
+        for key in ("issuer", "jwks_uri"):
+            url = getattr(issuer, key)
+            if url is None:
+                continue
+            if reason := plain_http_refused(url, issuer.allow_http):
+                self.error((*path, key), reason)
+            elif urlsplit(url).scheme == "http":
+                self.warn((*path, key), "the issuer is reached over plain http")
+        if issuer.introspection and issuer.introspection.endpoint:
+            endpoint = issuer.introspection.endpoint
+            if reason := plain_http_refused(endpoint, issuer.allow_http):
+                self.error((*path, "introspection", "endpoint"), reason)
+        jwks_file = None
+        if issuer.jwks_file is not None:
+            jwks_file = Path(issuer.jwks_file)
+            if not jwks_file.is_absolute():
+                jwks_file = self.base_dir / jwks_file
+            if not jwks_file.is_file():
+                self.error((*path, "jwks_file"), f"file not found: {jwks_file}")
+        return IssuerSource(name=name, config=issuer, jwks_file=jwks_file)
+
+    def upstream_target(
+        self, path: KeyPath, name: str, upstream: Upstream
+    ) -> UpstreamTarget | None:
+        parts = urlsplit(upstream.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.error(path, f"{upstream.url!r} is not an http(s) URL")
+            return None
+        if parts.query or parts.fragment or parts.username or parts.password:
+            self.error(path, "an upstream URL has no query, fragment or credentials")
+            return None
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            self.error(path, f"{upstream.url!r} has an invalid port")
+            return None
+        return UpstreamTarget(
+            name=name,
+            scheme=parts.scheme,
+            host=parts.hostname,
+            port=port,
+            base_path=parts.path.rstrip("/"),
+            connect_timeout=upstream.connect_timeout,
+            timeout=upstream.timeout,
+            max_connections=upstream.max_connections,
+            preserve_host=upstream.preserve_host,
+        )
+
+    def matcher(self, index: int) -> RouteMatcher | None:
+        match = self.config.routes[index].match
+        path: KeyPath = ("routes", index, "match")
+        try:
+            return RouteMatcher.build(match.path, match.hosts, match.methods)
+        except ValueError as error:
+            key = "path" if "host" not in str(error).lower() else "hosts"
+            self.error((*path, key), str(error))
+            return None
+
+    def route(self, index: int) -> CompiledRoute | None:
+        route = self.config.routes[index]
+        path: KeyPath = ("routes", index)
+        if any(r.name == route.name for r in self.config.routes[:index]):
+            self.error((*path, "name"), f"route name {route.name!r} is used twice")
+        target = self.route_upstream(index)
+        strip_prefix = self.strip_prefix(index)
+        requirement = None if route.auth == "public" else self.requirement(index, route.auth)
+        if target is None:
+            return None
+        headers = route.identity.headers if route.identity else self.config.identity.headers
+        limits = route.limits.max_body_bytes if route.limits else None
+        return CompiledRoute(
+            name=route.name,
+            index=index,
+            upstream=target,
+            strip_prefix=strip_prefix,
+            requirement=requirement,
+            max_body_bytes=limits or self.config.limits.max_body_bytes,
+            identity_headers=dict(headers),
+            cors=_cors(route.cors) if route.cors else None,
+        )
+
+    def route_upstream(self, index: int) -> UpstreamTarget | None:
+        reference = self.config.routes[index].upstream
+        if reference in self.upstreams:
+            return self.upstreams[reference]
+        if reference in self.config.upstreams:
+            return None  # its own error was reported under upstreams
+        if "://" in reference:
+            target = self.upstream_target(
+                ("routes", index, "upstream"), reference, Upstream(url=reference)
+            )
+            if target is not None:
+                self.upstreams.setdefault(reference, target)
+            return target
+        known = ", ".join(self.config.upstreams) or "none defined"
+        self.error(
+            ("routes", index, "upstream"),
+            f"unknown upstream {reference!r} (known: {known}); give a name or a URL",
+        )
+        return None
+
+    def strip_prefix(self, index: int) -> str | None:
+        prefix = self.config.routes[index].strip_prefix
+        if prefix is None:
+            return None
+        try:
+            normalized = normalize_path(prefix)
+        except AmbiguousPath as error:
+            self.error(("routes", index, "strip_prefix"), str(error))
+            return None
+        if normalized != prefix:
+            self.error(("routes", index, "strip_prefix"), "must be a normalised path like /orders")
+        return normalized
+
+    def requirement(self, index: int, auth: Auth | None) -> Requirement:
+        auth = auth or Auth()
+        path: KeyPath = ("routes", index, "auth")
+        if not self.config.issuers:
+            self.error(path, "a protected route needs at least one issuer under `issuers`")
+        for position, name in enumerate(auth.issuers or ()):
+            if name not in self.config.issuers:
+                self.error((*path, "issuers", position), f"unknown issuer {name!r}")
+        rules = tuple(
+            ClaimRule(claim, rule.contains, True)
+            if isinstance(rule, Contains)
+            else ClaimRule(claim, rule)
+            for claim, rule in auth.claims.items()
+        )
+        issuers = auth.issuers or tuple(self.config.issuers)
+        if auth.audience is None and not all(
+            self.config.issuers[i].audiences for i in issuers if i in self.config.issuers
+        ):
+            self.warn(
+                ("routes", index, "auth"),
+                "protected route without an audience: tokens meant for any API are accepted",
+            )
+        return Requirement(
+            issuers=frozenset(auth.issuers) if auth.issuers else None,
+            audience=auth.audience,
+            scopes=auth.scopes,
+            any_scopes=auth.any_scopes,
+            claims=rules,
+        )
+
+    def check_route_table(self, table: RouteTable[CompiledRoute]) -> None:
+        entries = table.entries
+        for earlier, later in table.shadowed():
+            first, second = entries[earlier][1], entries[later][1]
+            self.error(
+                ("routes", second.index, "match"),
+                f"route {second.name!r} can never match: route {first.name!r} "
+                f"(routes[{first.index}]) matches everything it does",
+            )
+        for matcher, route in entries:
+            if not route.public:
+                continue
+            for other_matcher, other in entries:
+                if not other.public and matcher.overlaps(other_matcher):
+                    self.warn(
+                        ("routes", route.index, "match", "path"),
+                        f"public route {route.name!r} overlaps protected route {other.name!r}",
+                    )
+                    break
+
+
+def _cors(cors: Cors) -> CorsPolicy:
+    return CorsPolicy(
+        allow_origins=frozenset(cors.allow_origins),
+        allow_methods=cors.allow_methods,
+        allow_headers=cors.allow_headers,
+        allow_credentials=cors.allow_credentials,
+        max_age=int(cors.max_age),
+    )
+
+
+def compile_config(config: Config, base_dir: Path) -> CompiledConfig:
+    """Compile a validated configuration; raises :class:`ConfigError` listing every error."""
+    return _Compiler(config, base_dir).run()

@@ -1,0 +1,52 @@
+"""Structured logs (SPEC §7): JSON lines on stdout by default, a console format for people.
+
+Nothing here ever receives a token, an Authorization header, a secret or a query string: callers
+log a token only as its fingerprint (:func:`token_fingerprint`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from typing import Any, Literal
+
+import structlog
+
+LogFormat = Literal["json", "console"]
+
+
+def configure_logging(log_format: LogFormat = "json", level: str = "info") -> None:
+    """Route structlog (and the standard library's logging) to stdout in the chosen format."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    # aiohttp's own loggers would print request lines with query strings: keep them quiet.
+    logging.getLogger("aiohttp.access").disabled = True
+    logging.basicConfig(
+        stream=sys.stdout, level=max(numeric, logging.WARNING), format="%(message)s"
+    )
+
+
+def get_logger(name: str = "gateway") -> Any:
+    return structlog.get_logger(name)
+
+
+def token_fingerprint(token: str) -> str:
+    """First 12 hex digits of the token's SHA-256: enough to correlate, useless to replay."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:12]

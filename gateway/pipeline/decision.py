@@ -1,0 +1,75 @@
+"""What the token stages return: an :class:`Identity` or a :class:`Denial`, never an exception.
+
+Every denial carries exactly one reason from the closed set of SPEC §6, which becomes the
+``reason`` label of ``gateway_auth_decisions_total`` and the ``reason`` field of the access log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Reason = Literal[
+    "missing_token",
+    "invalid_request",
+    "malformed_token",
+    "invalid_signature",
+    "unknown_key",
+    "disallowed_alg",
+    "expired",
+    "not_yet_valid",
+    "wrong_issuer",
+    "wrong_audience",
+    "wrong_type",
+    "inactive",
+    "insufficient_scope",
+    "claim_mismatch",
+    "unavailable",
+    "invalid_dpop_proof",
+]
+
+REASONS: tuple[Reason, ...] = Reason.__args__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why a request may not pass. ``description`` is safe to show the client: it never
+    echoes the token nor says which key, audience or claim value was expected."""
+
+    reason: Reason
+    description: str
+    required_scopes: tuple[str, ...] = ()
+    retry_after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A token whose signature (or introspection answer) and lifetime have been checked, but not
+    yet its audience, scopes or claims: those depend on the route and are judged every time."""
+
+    issuer: str
+    claims: Mapping[str, Any]
+    scopes: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The caller, once authorised: what identity headers and logs are made from."""
+
+    issuer: str
+    claims: Mapping[str, Any]
+    scopes: frozenset[str]
+
+    @property
+    def subject(self) -> str | None:
+        sub = self.claims.get("sub")
+        return sub if isinstance(sub, str) else None
+
+    @property
+    def client_id(self) -> str | None:
+        for name in ("client_id", "azp"):
+            value = self.claims.get(name)
+            if isinstance(value, str):
+                return value
+        return None

@@ -1,0 +1,57 @@
+"""Where the bearer token comes from: the Authorization header (RFC 6750 §2.1), and only there.
+
+A token sent twice (two headers, or header plus ``access_token`` in the query or form body) is a
+malformed request (RFC 6750 §2: "MUST NOT use more than one method"): if the copies differ, which
+one would the upstream believe?
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .decision import Denial
+
+# RFC 6750 §2.1 b64token.
+_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+
+
+@dataclass(frozen=True, slots=True)
+class BearerToken:
+    value: str
+
+
+def extract_bearer(
+    authorization: Sequence[str],
+    *,
+    query_has_token: bool,
+    max_token_bytes: int,
+) -> BearerToken | Denial:
+    """The bearer token from the request's Authorization header values.
+
+    ``query_has_token`` says whether ``access_token`` appears in the query string (or a form
+    body); it is never accepted, and is an error next to a header token.
+    """
+    if len(authorization) > 1:
+        return Denial("invalid_request", "more than one Authorization header")
+    if not authorization:
+        if query_has_token:
+            return Denial("invalid_request", "send the token in the Authorization header")
+        return Denial("missing_token", "an access token is required")
+    scheme, _, rest = authorization[0].strip().partition(" ")
+    if scheme.lower() != "bearer":
+        if query_has_token:
+            return Denial("invalid_request", "send the token in the Authorization header")
+        return Denial("missing_token", "a Bearer access token is required")
+    token = rest.strip()
+    if not token:
+        return Denial("invalid_request", "the Bearer scheme was sent without a token")
+    if query_has_token:
+        return Denial("invalid_request", "the token was sent in more than one place")
+    # Before any parsing: a huge token must cost nothing (SPEC `max_token_bytes`).
+    if len(token) > max_token_bytes:
+        return Denial("malformed_token", "the token is too long")
+    if not _B64TOKEN.match(token):
+        return Denial("malformed_token", "the token is malformed")
+    return BearerToken(token)

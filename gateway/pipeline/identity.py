@@ -1,0 +1,86 @@
+"""What the upstream learns about the caller: spoofed identity headers removed, real ones set.
+
+Stripping runs on every route, public ones included: a client must never be able to send
+``X-Auth-Subject: admin`` (or ``X_Auth_Subject``, which CGI/WSGI backends read as the same
+header) and have it reach a backend that trusts those headers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .decision import Identity
+from .verify.claims import claim_at
+
+
+def header_key(name: str) -> str:
+    """How identity header names are compared: case-insensitively, with ``_`` equal to ``-``."""
+    return name.lower().replace("_", "-")
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderStripper:
+    """Decides which incoming headers are identity headers and must not reach the upstream."""
+
+    prefixes: tuple[str, ...]
+    names: frozenset[str]
+
+    @classmethod
+    def of(cls, prefixes: Iterable[str], names: Iterable[str]) -> HeaderStripper:
+        return cls(
+            prefixes=tuple(header_key(p) for p in prefixes),
+            names=frozenset(header_key(n) for n in names),
+        )
+
+    def is_identity_header(self, name: str) -> bool:
+        key = header_key(name)
+        return key in self.names or key.startswith(self.prefixes)
+
+
+def identity_headers(identity: Identity, mapping: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The identity headers for ``identity``: one value each, absent when the claim is."""
+    headers: list[tuple[str, str]] = []
+    for name, path in mapping.items():
+        value = _header_value(_claim(identity, path))
+        if value is not None:
+            headers.append((name, value))
+    return headers
+
+
+def _claim(identity: Identity, path: str) -> Any:
+    if path == "client_id":
+        return identity.client_id  # RFC 9068 §2.2: falls back to `azp`
+    value = claim_at(identity.claims, path)
+    if value is None and path == "scope" and identity.scopes:
+        return sorted(identity.scopes)  # scopes given as an `scp` array
+    return value
+
+
+def _header_value(value: Any) -> str | None:
+    text: str | None
+    if isinstance(value, list):
+        parts = [_scalar_text(item) for item in value]
+        if any(part is None for part in parts):
+            return None
+        text = " ".join(part for part in parts if part)
+    else:
+        text = _scalar_text(value)
+    if not text:
+        return None  # a missing claim means the header is absent, never empty
+    # Never write CR, LF or NUL (header injection), nor other control characters.
+    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
+        return None
+    return text
+
+
+def _scalar_text(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return None  # objects and nested lists have no single header form

@@ -1,0 +1,438 @@
+"""Compiled route matching: host and path patterns, and the ordered table that picks a route.
+
+Routes are tried in file order and the first match wins, so the table also reports routes that
+an earlier one shadows, and patterns can tell whether they overlap, to warn when a public route
+reaches into a protected one. Paths given to matchers must already be canonical (see
+``gateway.pipeline.ingress.normalize_path``); matching is then exact, segment by segment.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from gateway.pipeline.ingress import AmbiguousPath, normalize_path
+
+__all__ = [
+    "HostPattern",
+    "Match",
+    "MethodNotAllowed",
+    "PathPattern",
+    "RouteMatcher",
+    "RouteTable",
+    "host_without_port",
+]
+
+T = TypeVar("T")
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+# RFC 9110 §5.6.2: a method is a token.
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+# The segment that ``**`` stands for; only ever the last one of a pattern.
+_REST = "**"
+
+
+def _split(path: str) -> list[str]:
+    """Split a canonical path into segments: "/" is [""], "/a/" is ["a", ""]."""
+    return path.split("/")[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    """A parsed path pattern such as ``/orders/{id}/items/**``.
+
+    ``segments`` holds one entry per segment before any ``**``: the canonical literal, or None
+    for a single-segment wildcard (``*`` or ``{name}``). ``rest`` is True when the pattern ends
+    in ``**``. Build instances with ``PathPattern.parse``.
+    """
+
+    source: str
+    segments: tuple[str | None, ...]
+    params: tuple[tuple[int, str], ...]
+    rest: bool
+    exact: str | None = field(compare=False)
+
+    @classmethod
+    def parse(cls, pattern: str) -> PathPattern:
+        """Parse and validate a pattern, raising ValueError that says what is wrong with it."""
+        if not pattern.startswith("/"):
+            raise ValueError(f"path pattern {pattern!r} must start with '/'")
+        raw_segments = pattern[1:].split("/")
+        segments: list[str | None] = []
+        params: list[tuple[int, str]] = []
+        rest = False
+        for index, raw in enumerate(raw_segments):
+            last = index == len(raw_segments) - 1
+            if raw == _REST:
+                if not last:
+                    raise ValueError(f"path pattern {pattern!r}: '**' must be the last segment")
+                rest = True
+            elif raw == "*":
+                segments.append(None)
+            elif (param := _PARAM.fullmatch(raw)) is not None:
+                name = param.group(1)
+                if any(name == seen for _, seen in params):
+                    raise ValueError(f"path pattern {pattern!r}: parameter {name!r} repeats")
+                params.append((index, name))
+                segments.append(None)
+            elif raw == "":
+                if not last:
+                    raise ValueError(f"path pattern {pattern!r} has an empty segment")
+                segments.append("")
+            else:
+                segments.append(_literal_segment(pattern, raw))
+        source = "/" + "/".join(
+            _show(segment, index, params) for index, segment in enumerate(segments)
+        )
+        if rest:
+            source = source + "/**" if segments else "/**"
+        exact = None if rest or None in segments else source
+        return cls(source, tuple(segments), tuple(params), rest, exact)
+
+    def __str__(self) -> str:
+        return self.source
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """Return the captured parameters if the canonical path matches, else None."""
+        return self._match_segments(_split(path))
+
+    def matches(self, path: str) -> bool:
+        """Whether the canonical path matches this pattern."""
+        return self._match_segments(_split(path)) is not None
+
+    def _match_segments(self, parts: Sequence[str]) -> dict[str, str] | None:
+        """Match pre-split path segments; shared by ``match`` and the route table."""
+        segments = self.segments
+        if len(parts) != len(segments) and not (self.rest and len(parts) >= len(segments)):
+            return None
+        for expected, actual in zip(segments, parts, strict=False):
+            if expected is None:
+                if not actual:
+                    # A wildcard stands for exactly one non-empty segment: "/a/*" is not "/a/".
+                    return None
+            elif expected != actual:
+                return None
+        return {name: parts[index] for index, name in self.params}
+
+    def covers(self, other: PathPattern) -> bool:
+        """Whether every path that ``other`` matches is also matched by this pattern."""
+        mine, theirs = self.segments, other.segments
+        if other.rest and not self.rest:
+            # ``other`` matches paths of any length, this pattern of one length only.
+            return False
+        if self.rest:
+            if len(theirs) < len(mine):
+                # ``other`` matches a path shorter than this pattern's fixed prefix.
+                return False
+        elif len(theirs) != len(mine):
+            return False
+        return all(_segment_covers(a, b) for a, b in zip(mine, theirs, strict=False))
+
+    def overlaps(self, other: PathPattern) -> bool:
+        """Whether at least one path is matched by both patterns."""
+        mine, theirs = self.segments, other.segments
+        if not self.rest and not other.rest and len(mine) != len(theirs):
+            return False
+        if not self.rest and len(theirs) > len(mine):
+            return False
+        if not other.rest and len(mine) > len(theirs):
+            return False
+        # Positions past the shorter fixed prefix are absorbed by the other pattern's "**".
+        return all(_segment_overlaps(a, b) for a, b in zip(mine, theirs, strict=False))
+
+
+def _literal_segment(pattern: str, raw: str) -> str:
+    """Canonicalise one literal segment with the ingress rules, so it compares to real paths."""
+    if raw.startswith("{") and raw.endswith("}"):
+        raise ValueError(
+            f"path pattern {pattern!r}: parameter name {raw[1:-1]!r} must match"
+            " [A-Za-z_][A-Za-z0-9_]*"
+        )
+    if "*" in raw or "{" in raw or "}" in raw:
+        raise ValueError(f"path pattern {pattern!r}: wildcards must be whole segments")
+    if raw.lower().replace("%2e", ".") in (".", ".."):
+        # A dot segment in a pattern could never match a canonical path; it is a mistake.
+        raise ValueError(f"path pattern {pattern!r}: segment {raw!r} is a dot segment")
+    try:
+        canonical = normalize_path("/" + raw)
+    except AmbiguousPath as error:
+        raise ValueError(f"path pattern {pattern!r}: segment {raw!r}: {error}") from None
+    return canonical[1:]
+
+
+def _show(segment: str | None, index: int, params: Sequence[tuple[int, str]]) -> str:
+    """Render one parsed segment back into pattern syntax for ``PathPattern.source``."""
+    if segment is not None:
+        return segment
+    for position, name in params:
+        if position == index:
+            return "{" + name + "}"
+    return "*"
+
+
+def _segment_covers(mine: str | None, theirs: str | None) -> bool:
+    """Whether one pattern segment matches every segment the other one does."""
+    if mine is None:
+        # A wildcard covers another wildcard and any literal except the empty trailing one.
+        return theirs != ""
+    return mine == theirs
+
+
+def _segment_overlaps(mine: str | None, theirs: str | None) -> bool:
+    """Whether some path segment is matched by both pattern segments."""
+    if mine is None:
+        return theirs != ""
+    if theirs is None:
+        return mine != ""
+    return mine == theirs
+
+
+def host_without_port(host: str) -> str:
+    """Return the Host header value lower-cased, without its port and trailing dot.
+
+    ``api.example.test:8443`` becomes ``api.example.test`` and ``[::1]:8080`` becomes ``[::1]``.
+    The trailing dot goes because ``example.test.`` names the same host (RFC 1034 §3.1) and
+    would otherwise slip past a route written for ``example.test``.
+    """
+    host = host.strip().lower()
+    if host.startswith("["):
+        # RFC 3986 §3.2.2: an IPv6 literal is bracketed, and its colons are not a port.
+        end = host.find("]")
+        return host if end < 0 else host[: end + 1]
+    name, colon, _port = host.rpartition(":")
+    if colon:
+        host = name
+    return host.rstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class HostPattern:
+    """An exact host name, or ``*.suffix`` for any host with at least one label before suffix."""
+
+    host: str
+    wildcard: bool
+
+    @classmethod
+    def parse(cls, pattern: str) -> HostPattern:
+        """Parse a host pattern, raising ValueError for a port, a stray ``*`` or an empty name."""
+        text = pattern.strip().lower()
+        wildcard = text.startswith("*.")
+        name = text[2:] if wildcard else text
+        if not name:
+            raise ValueError(f"host pattern {pattern!r} is empty")
+        if "*" in name:
+            raise ValueError(f"host pattern {pattern!r}: '*' is only allowed as '*.suffix'")
+        if host_without_port(name) != name:
+            raise ValueError(f"host pattern {pattern!r} must not have a port or trailing dot")
+        return cls(name, wildcard)
+
+    def __str__(self) -> str:
+        return "*." + self.host if self.wildcard else self.host
+
+    def matches(self, host: str) -> bool:
+        """Whether a host, already passed through ``host_without_port``, matches."""
+        if not self.wildcard:
+            return host == self.host
+        # "*.example.test" must not match "example.test" itself, so demand a non-empty label.
+        return len(host) > len(self.host) + 1 and host.endswith("." + self.host)
+
+    def covers(self, other: HostPattern) -> bool:
+        """Whether every host that ``other`` matches is also matched by this pattern."""
+        if not other.wildcard:
+            return self.matches(other.host)
+        return self.wildcard and (other.host == self.host or other.host.endswith("." + self.host))
+
+    def overlaps(self, other: HostPattern) -> bool:
+        """Whether at least one host is matched by both patterns."""
+        return self.covers(other) or other.covers(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatcher:
+    """Which requests a route applies to: hosts (empty means any), a path, and methods.
+
+    ``methods`` of None allows every method. Methods are compared exactly, since RFC 9110 §9.1
+    makes them case-sensitive; configure them upper-case.
+    """
+
+    hosts: tuple[HostPattern, ...]
+    path: PathPattern
+    methods: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.methods is None:
+            return
+        if not self.methods:
+            raise ValueError("a route needs at least one method, or None for all methods")
+        for method in self.methods:
+            if _METHOD.fullmatch(method) is None or method != method.upper():
+                raise ValueError(f"method {method!r} must be an upper-case HTTP token")
+
+    @classmethod
+    def build(
+        cls, path: str, hosts: Iterable[str] = (), methods: Iterable[str] | None = None
+    ) -> RouteMatcher:
+        """Parse pattern strings into a matcher; method names are upper-cased."""
+        return cls(
+            hosts=tuple(HostPattern.parse(host) for host in hosts),
+            path=PathPattern.parse(path),
+            methods=None if methods is None else frozenset(m.upper() for m in methods),
+        )
+
+    def matches_host(self, host: str | None) -> bool:
+        """Whether a host (from ``host_without_port``, or None when absent) is allowed."""
+        if not self.hosts:
+            return True
+        if host is None:
+            return False
+        return any(pattern.matches(host) for pattern in self.hosts)
+
+    def matches_path(self, path: str) -> bool:
+        """Whether a canonical path matches this route's path pattern."""
+        return self.path.matches(path)
+
+    def allows(self, method: str) -> bool:
+        """Whether the method is allowed; None allows all."""
+        return self.methods is None or method in self.methods
+
+    def covers(self, other: RouteMatcher) -> bool:
+        """Whether every request ``other`` matches is also matched by this one."""
+        return (
+            _hosts_cover(self.hosts, other.hosts)
+            and _methods_cover(self.methods, other.methods)
+            and self.path.covers(other.path)
+        )
+
+    def overlaps(self, other: RouteMatcher) -> bool:
+        """Whether at least one request is matched by both."""
+        hosts = (
+            not self.hosts
+            or not other.hosts
+            or any(a.overlaps(b) for a in self.hosts for b in other.hosts)
+        )
+        methods = (
+            self.methods is None or other.methods is None or bool(self.methods & other.methods)
+        )
+        return hosts and methods and self.path.overlaps(other.path)
+
+
+def _hosts_cover(mine: tuple[HostPattern, ...], theirs: tuple[HostPattern, ...]) -> bool:
+    """Whether a host list matches every host the other list matches; empty means any host."""
+    if not mine:
+        return True
+    if not theirs:
+        return False
+    return all(any(a.covers(b) for a in mine) for b in theirs)
+
+
+def _methods_cover(mine: frozenset[str] | None, theirs: frozenset[str] | None) -> bool:
+    """Whether a method set allows every method the other one does; None means all."""
+    if mine is None:
+        return True
+    return theirs is not None and theirs <= mine
+
+
+@dataclass(frozen=True, slots=True)
+class Match(Generic[T]):
+    """The route that matched, with the values captured by ``{name}`` segments."""
+
+    value: T
+    params: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class MethodNotAllowed:
+    """Host and path matched some routes but none allows the method; ``allow`` feeds 405 Allow."""
+
+    allow: tuple[str, ...]
+
+
+class RouteTable(Generic[T]):
+    """Routes in file order; the first one whose host, path and method all match wins."""
+
+    __slots__ = ("_by_exact", "_by_first", "_entries", "_fallback")
+
+    def __init__(self, entries: Iterable[tuple[RouteMatcher, T]]) -> None:
+        self._entries: tuple[tuple[RouteMatcher, T], ...] = tuple(entries)
+        exact: dict[str, list[int]] = {}
+        first: dict[str, list[int]] = {}
+        anywhere: list[int] = []
+        for index, (matcher, _) in enumerate(self._entries):
+            pattern = matcher.path
+            if pattern.exact is not None:
+                exact.setdefault(pattern.exact, []).append(index)
+            elif pattern.segments and pattern.segments[0] is not None:
+                first.setdefault(pattern.segments[0], []).append(index)
+            else:
+                anywhere.append(index)
+        # Every candidate list is merged back into file order, so the indexes only skip routes
+        # that cannot match and never change which route wins. A pattern whose first segment is
+        # a literal can only match paths starting with that segment; the rest may match anything.
+        self._fallback: tuple[int, ...] = tuple(anywhere)
+        self._by_first: dict[str, tuple[int, ...]] = {
+            segment: tuple(sorted(indices + anywhere)) for segment, indices in first.items()
+        }
+        self._by_exact: dict[str, tuple[int, ...]] = {
+            path: tuple(sorted(indices + list(self._candidates_by_first(_split(path)[0]))))
+            for path, indices in exact.items()
+        }
+
+    def _candidates_by_first(self, segment: str) -> tuple[int, ...]:
+        """Indices of the pattern routes that could match a path with this first segment."""
+        return self._by_first.get(segment, self._fallback)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def entries(self) -> tuple[tuple[RouteMatcher, T], ...]:
+        """The routes in the order they are tried."""
+        return self._entries
+
+    def lookup(
+        self, host: str | None, path: str, method: str
+    ) -> Match[T] | MethodNotAllowed | None:
+        """Find the route for a request; the path must already be canonical.
+
+        ``host`` is the raw Host header (port and case are handled here) or None when absent; a
+        route restricted to hosts never matches a request without one. Returns None when no
+        route matches host and path (404), MethodNotAllowed when some do but not the method
+        (405).
+        """
+        host_name = None if host is None else host_without_port(host)
+        parts = _split(path)
+        allow: set[str] = set()
+        entries = self._entries
+        candidates = self._by_exact.get(path)
+        if candidates is None:
+            candidates = self._candidates_by_first(parts[0])
+        for index in candidates:
+            matcher, value = entries[index]
+            if not matcher.matches_host(host_name):
+                continue
+            params = matcher.path._match_segments(parts)
+            if params is None:
+                continue
+            if matcher.methods is None or method in matcher.methods:
+                return Match(value, params)
+            allow.update(matcher.methods)
+        if allow:
+            return MethodNotAllowed(tuple(sorted(allow)))
+        return None
+
+    def shadowed(self) -> list[tuple[int, int]]:
+        """Pairs (earlier, later) where the earlier route matches everything the later one does.
+
+        Only the first such earlier route is reported for each later one.
+        """
+        pairs: list[tuple[int, int]] = []
+        for later, (matcher, _) in enumerate(self._entries):
+            for earlier in range(later):
+                if self._entries[earlier][0].covers(matcher):
+                    pairs.append((earlier, later))
+                    break
+        return pairs

@@ -1,0 +1,49 @@
+"""Reading standard claims the same way for every kind of token (JWT or introspection answer)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def parse_scopes(claims: Mapping[str, Any], scope_claim: str = "scope") -> frozenset[str]:
+    """The token's scopes: a space-separated string (RFC 8693 §4.2, RFC 9068 §2.2.3), or an
+    array of strings under ``scope`` or ``scp`` as several identity providers issue them.
+    The first of the configured claim, ``scope`` and ``scp`` that is present is used alone."""
+    for name in dict.fromkeys((scope_claim, "scope", "scp")):
+        value = claims.get(name)
+        if isinstance(value, str):
+            return frozenset(value.split())
+        if isinstance(value, list):
+            return frozenset(s for item in value if isinstance(item, str) for s in item.split())
+    return frozenset()
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number: RFC 7519 §2 NumericDate (booleans are not numbers here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def audiences(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """``aud`` as a tuple (RFC 7519 §4.1.3: a string or an array of strings), or None if
+    it is neither."""
+    aud = claims.get("aud")
+    if aud is None:
+        return ()
+    if isinstance(aud, str):
+        return (aud,)
+    if isinstance(aud, list) and all(isinstance(a, str) for a in aud):
+        return tuple(aud)
+    return None
+
+
+def claim_at(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted claim path (``realm_access.roles``), or None when absent."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+        if value is None:
+            return None
+    return value

@@ -1,0 +1,259 @@
+"""Local JWT access-token validation (RFC 7519, RFC 9068, RFC 8725 best practices).
+
+The token's unverified ``iss`` only selects which issuer's keys to try; everything else is
+decided after the signature checks out against that issuer's own keys. The result is a
+:class:`VerifiedToken` or a :class:`Denial` with one reason from the closed set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jws import JWSRegistry
+
+from ..decision import Denial, VerifiedToken
+from .claims import audiences, is_number, parse_scopes
+from .jwks import KeyStore, SigningKey
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+# Headers we understand. `crit` naming anything is refused: we implement no extension (RFC 7515
+# §4.1.11), and `b64: false` (RFC 7797) would change what the signature covers.
+_KNOWN_CRIT: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerKeys:
+    """What the verifier needs of one configured issuer."""
+
+    name: str
+    issuer: str
+    algorithms: frozenset[str]
+    leeway: float
+    token_type: str | None
+    scope_claim: str
+    keys: KeyStore
+    registry: JWSRegistry
+
+
+def issuer_keys(
+    name: str,
+    issuer: str,
+    algorithms: Collection[str],
+    leeway: float,
+    token_type: str | None,
+    scope_claim: str,
+    keys: KeyStore,
+) -> IssuerKeys:
+    return IssuerKeys(
+        name=name,
+        issuer=issuer,
+        algorithms=frozenset(algorithms),
+        leeway=leeway,
+        token_type=normalize_media_type(token_type) if token_type else None,
+        scope_claim=scope_claim,
+        keys=keys,
+        registry=JWSRegistry(algorithms=list(algorithms), strict_check_header=False),
+    )
+
+
+def normalize_media_type(value: str) -> str:
+    """RFC 7515 §4.1.9: ``typ`` may omit the ``application/`` prefix; compare without case."""
+    value = value.strip().lower()
+    return value.removeprefix("application/")
+
+
+def looks_like_jwt(token: str) -> bool:
+    """Three dot-separated segments: the JWS compact form. Anything else is opaque (or JWE)."""
+    return token.count(".") == 2
+
+
+def _malformed(description: str = "the token is malformed") -> Denial:
+    return Denial("malformed_token", description)
+
+
+def _decode_segment(segment: str) -> dict[str, Any] | None:
+    """A base64url (unpadded, RFC 7515 §2) JSON object, or None. Duplicate member names are
+    refused (RFC 7515 §5.2) so that no two parsers can read different values."""
+    if not _SEGMENT.match(segment):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member")
+    return result
+
+
+class JwtVerifier:
+    """Checks JWT access tokens against the configured issuers."""
+
+    def __init__(
+        self, issuers: Mapping[str, IssuerKeys], clock: Callable[[], float] = time.time
+    ) -> None:
+        self._issuers = issuers
+        self._by_iss: dict[str, list[IssuerKeys]] = {}
+        for keys in issuers.values():
+            self._by_iss.setdefault(keys.issuer, []).append(keys)
+        self._clock = clock
+
+    async def verify(
+        self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
+    ) -> VerifiedToken | Denial:
+        """Validate ``token``; ``allowed`` restricts which issuer names may have issued it.
+
+        ``check_lifetime=False`` (for ``gateway explain``) returns an expired token's claims so
+        that every other reason can be reported too; see :meth:`lifetime_denial`.
+        """
+        parts = token.split(".")
+        if len(parts) != 3 or not parts[2] or not _SEGMENT.match(parts[2]):
+            # Five segments would be JWE; JSON serialisation has no dots at all: neither is
+            # accepted (SPEC: compact JWS only).
+            return _malformed()
+        header = _decode_segment(parts[0])
+        payload = _decode_segment(parts[1])
+        if header is None or payload is None:
+            return _malformed()
+        iss = payload.get("iss")
+        if not isinstance(iss, str):
+            return _malformed("the token has no valid issuer")
+        candidates = [k for k in self._by_iss.get(iss, ()) if allowed is None or k.name in allowed]
+        if not candidates:
+            return Denial("wrong_issuer", "the token's issuer is not accepted here")
+        if (problem := _check_header(header)) is not None:
+            return problem
+        if (problem := _check_claim_types(payload)) is not None:
+            return problem
+        last: Denial | None = None
+        for issuer in candidates:
+            result = await self._verify_with(issuer, token, header, payload, check_lifetime)
+            if isinstance(result, VerifiedToken):
+                return result
+            last = result
+        assert last is not None
+        return last
+
+    async def _verify_with(
+        self,
+        issuer: IssuerKeys,
+        token: str,
+        header: dict[str, Any],
+        payload: dict[str, Any],
+        check_lifetime: bool,
+    ) -> VerifiedToken | Denial:
+        alg = header["alg"]
+        if alg not in issuer.algorithms:
+            return Denial("disallowed_alg", "the token's signing algorithm is not allowed")
+        keys = await self._keys_for(issuer, header.get("kid"), alg)
+        if isinstance(keys, Denial):
+            return keys
+        if not any(self._signature_ok(issuer, token, key, alg) for key in keys):
+            return Denial("invalid_signature", "the token's signature is invalid")
+        if issuer.token_type is not None:
+            typ = header.get("typ")
+            # RFC 9068 §4 / RFC 8725 §3.11: an ID token must not pass as an access token.
+            if not isinstance(typ, str) or normalize_media_type(typ) != issuer.token_type:
+                return Denial("wrong_type", "the token is not of the required type")
+        if check_lifetime and (problem := self.lifetime_denial(issuer.name, payload)):
+            return problem
+        return VerifiedToken(
+            issuer=issuer.name,
+            claims=payload,
+            scopes=parse_scopes(payload, issuer.scope_claim),
+        )
+
+    async def _keys_for(
+        self, issuer: IssuerKeys, kid: str | None, alg: str
+    ) -> list[SigningKey] | Denial:
+        store = issuer.keys
+        if kid is not None:
+            key = store.keys.by_kid.get(kid)
+            if key is None:
+                await store.refresh_for_unknown_kid()
+                key = store.keys.by_kid.get(kid)
+            if key is None:
+                return _no_key(store)
+            if not key.can_verify(alg):
+                return Denial("disallowed_alg", "the token's algorithm does not match its key")
+            return [key]
+        candidates = store.keys.candidates(alg)
+        if not candidates:
+            await store.refresh_for_unknown_kid()
+            candidates = store.keys.candidates(alg)
+        return candidates or _no_key(store)
+
+    def _signature_ok(self, issuer: IssuerKeys, token: str, key: SigningKey, alg: str) -> bool:
+        try:
+            jws.deserialize_compact(token, key.key, algorithms=[alg], registry=issuer.registry)
+        except (JoseError, ValueError, TypeError):
+            return False
+        return True
+
+    def lifetime_denial(self, issuer_name: str, payload: Mapping[str, Any]) -> Denial | None:
+        """Why the token is outside its validity window (with the issuer's leeway), or None."""
+        leeway = self._issuers[issuer_name].leeway
+        now = self._clock()
+        exp = payload.get("exp")
+        if exp is None:
+            # RFC 9068 §2.2: access tokens carry `exp`; one without would be valid forever.
+            return _malformed("the token has no expiry")
+        if now > exp + leeway:
+            return Denial("expired", "the token has expired")
+        nbf = payload.get("nbf")
+        if nbf is not None and now + leeway < nbf:
+            return Denial("not_yet_valid", "the token is not valid yet")
+        iat = payload.get("iat")
+        if iat is not None and now + leeway < iat:
+            return Denial("not_yet_valid", "the token was issued in the future")
+        return None
+
+
+def _no_key(store: KeyStore) -> Denial:
+    if not store.loaded:
+        # The token may be good: we just cannot check it now (SPEC §4: 503, never 401).
+        return Denial("unavailable", "the issuer's keys cannot be loaded now", retry_after=5)
+    return Denial("unknown_key", "the token's signing key is unknown")
+
+
+def _check_header(header: dict[str, Any]) -> Denial | None:
+    alg = header.get("alg")
+    if not isinstance(alg, str):
+        return _malformed()
+    if "crit" in header:
+        crit = header["crit"]
+        if not isinstance(crit, list) or not crit or any(c not in _KNOWN_CRIT for c in crit):
+            return _malformed("the token requires an unsupported extension")
+    if "b64" in header or "enc" in header or "zip" in header:
+        return _malformed("only compact signed tokens are accepted")
+    kid = header.get("kid")
+    if kid is not None and not isinstance(kid, str):
+        return _malformed()
+    # `jku`, `x5u`, `jwk` and `x5c` are deliberately ignored: keys come from the issuer's
+    # configured source only (RFC 8725 §3.10), never from the token itself.
+    return None
+
+
+def _check_claim_types(payload: dict[str, Any]) -> Denial | None:
+    for name in ("exp", "nbf", "iat"):
+        if name in payload and not is_number(payload[name]):
+            return _malformed(f"the token's {name} is not a number")
+    if "sub" in payload and not isinstance(payload["sub"], str):
+        return _malformed("the token's sub is not a string")
+    if audiences(payload) is None:
+        return _malformed("the token's aud is not a string or an array of strings")
+    return None

@@ -1,0 +1,403 @@
+"""A request's way through the gateway: ingress -> route -> extract -> verify -> authorize ->
+forward -> observe. Each step lives in its own module; this one only puts them in order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from gateway.config.compile import CompiledConfig, CompiledRoute, CorsPolicy
+from gateway.observe.logs import get_logger, token_fingerprint
+from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics
+from gateway.pipeline import errors
+from gateway.pipeline.authorize import Authorizer
+from gateway.pipeline.decision import Denial, Identity
+from gateway.pipeline.extract import BearerToken, extract_bearer
+from gateway.pipeline.identity import identity_headers
+from gateway.pipeline.ingress import AmbiguousPath, normalize_path
+from gateway.pipeline.routing import Match, MethodNotAllowed
+from gateway.pipeline.verify.discovery import discovered_loader, url_loader
+from gateway.pipeline.verify.jwks import JwksLoader, KeyStore, file_loader
+from gateway.pipeline.verify.jwt import IssuerKeys, JwtVerifier, issuer_keys
+from gateway.upstream.client import UpstreamClients
+from gateway.upstream.forward import forward
+from gateway.upstream.headers import (
+    HOP_BY_HOP,
+    PATH_OVERRIDES,
+    PEER_DESCRIPTIONS,
+    connection_tokens,
+    forwarded_headers,
+    is_trusted_peer,
+    request_id,
+)
+from gateway.upstream.websocket import is_websocket_upgrade, proxy_websocket
+
+log = get_logger("gateway")
+
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+_FORM = "application/x-www-form-urlencoded"
+JWKS_TIMEOUT = 5.0
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What is known about one request as it moves through the pipeline (for logs, metrics)."""
+
+    request_id: str
+    method: str
+    started: float
+    path: str | None = None
+    route: CompiledRoute | None = None
+    identity: Identity | None = None
+    denial: Denial | None = None
+    token: str | None = None
+    upstream_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Gateway:
+    """One compiled configuration made live: key stores, verifier, upstream pools."""
+
+    def __init__(self, compiled: CompiledConfig, metrics: Metrics) -> None:
+        self.compiled = compiled
+        self.metrics = metrics
+        self._http: aiohttp.ClientSession | None = None
+        self.key_stores: dict[str, KeyStore] = {}
+        issuers: dict[str, IssuerKeys] = {}
+        for name, source in compiled.issuers.items():
+            config = source.config
+            store = KeyStore(
+                name,
+                self._loader(source.config, source.jwks_file),
+                min_refetch_interval=config.jwks.min_refetch_interval,
+                metrics=metrics,
+            )
+            if config.jwks_uri or config.jwks_file or config.discovery:
+                self.key_stores[name] = store
+            issuers[name] = issuer_keys(
+                name,
+                config.issuer,
+                config.algorithms,
+                config.leeway,
+                config.token_type,
+                config.scope_claim,
+                store,
+            )
+        self.verifier = JwtVerifier(issuers)
+        self.authorizer = Authorizer(
+            {name: s.config.audiences for name, s in compiled.issuers.items()}
+        )
+        self.upstreams = UpstreamClients(compiled.upstreams)
+        limits = compiled.config.limits
+        self.max_token_bytes = limits.max_token_bytes
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=JWKS_TIMEOUT),
+            )
+        return self._http
+
+    def _loader(self, config: Any, jwks_file: Any) -> JwksLoader:
+        if jwks_file is not None:
+            return file_loader(jwks_file)
+        if config.jwks_uri:
+            return url_loader(self._session, config.jwks_uri, timeout=JWKS_TIMEOUT)
+        return discovered_loader(
+            self._session, config.issuer, timeout=JWKS_TIMEOUT, allow_http=config.allow_http
+        )
+
+    async def start(self) -> None:
+        """Load every issuer's keys once (failures are logged; readiness reports them)."""
+        for store in self.key_stores.values():
+            await store.refresh()
+
+    async def close(self) -> None:
+        await self.upstreams.close()
+        if self._http is not None:
+            await self._http.close()
+
+    def not_ready(self) -> list[str]:
+        """Why the gateway should not receive traffic yet (empty when ready)."""
+        return [
+            f"issuer {name}: signing keys not loaded"
+            for name, store in self.key_stores.items()
+            if not store.loaded
+        ]
+
+    # -- the pipeline -------------------------------------------------------------------------
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        exchange = Exchange(
+            request_id=request_id(request.headers.get("X-Request-Id")),
+            method=request.method,
+            started=time.perf_counter(),
+        )
+        self.metrics.inflight.inc()
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._handle(request, exchange)
+            return response
+        finally:
+            self.metrics.inflight.dec()
+            self._observe(request, exchange, response)
+
+    async def _handle(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
+        rid = exchange.request_id
+        raw_path, _, query = request.raw_path.partition("?")
+        raw_path = raw_path.partition("#")[0]
+        try:
+            exchange.path = path = normalize_path(raw_path)
+        except AmbiguousPath as error:
+            return self._finish(errors.bad_request(rid, str(error)), exchange, None, request)
+        found = self.compiled.routes.lookup(request.headers.get("Host"), path, request.method)
+        if isinstance(found, MethodNotAllowed):
+            return self._finish(
+                errors.method_not_allowed(rid, found.allow), exchange, None, request
+            )
+        if found is None:
+            return self._finish(errors.not_found(rid), exchange, None, request)
+        route = self._matched(found, exchange)
+        cors = route.cors
+        if cors is not None and _is_preflight(request) and _allowed_origin(cors, request):
+            return self._finish(_preflight(cors, request, rid), exchange, route, request)
+        length = request.content_length
+        if length is not None and length > route.max_body_bytes:
+            return self._finish(errors.too_large(rid), exchange, route, request)
+        body: bytes | None = None
+        if route.requirement is not None:
+            outcome = await self._authenticate(request, route, query, exchange)
+            if isinstance(outcome, web.StreamResponse):
+                return self._finish(outcome, exchange, route, request)
+            exchange.identity, body = outcome
+        return await self._forward(request, route, query, exchange, body)
+
+    def _matched(self, found: Match[CompiledRoute], exchange: Exchange) -> CompiledRoute:
+        exchange.route = found.value
+        return found.value
+
+    async def _authenticate(
+        self, request: web.BaseRequest, route: CompiledRoute, query: str, exchange: Exchange
+    ) -> tuple[Identity, bytes | None] | web.StreamResponse:
+        """Extract, verify and authorise the token; returns the identity (and the form body
+        if one had to be read to look for a second token), or the refusal."""
+        assert route.requirement is not None
+        body: bytes | None = None
+        in_query = "access_token" in query and _has_param(query, "access_token")
+        if not in_query and request.content_type == _FORM and request.body_exists:
+            body = await _read_limited(request, route.max_body_bytes)
+            if body is None:
+                return errors.too_large(exchange.request_id)
+            in_query = _has_param(body.decode("latin-1"), "access_token")
+        extracted = extract_bearer(
+            request.headers.getall("Authorization", []),
+            query_has_token=in_query,
+            max_token_bytes=self.max_token_bytes,
+        )
+        result: Identity | Denial
+        if isinstance(extracted, BearerToken):
+            exchange.token = extracted.value
+            result = await self.check_token(extracted.value, route)
+        else:
+            result = extracted
+        if isinstance(result, Denial):
+            exchange.denial = result
+            self.metrics.auth_decisions.labels(route.name, "deny", result.reason).inc()
+            return errors.denial_response(result, exchange.request_id)
+        self.metrics.auth_decisions.labels(route.name, "allow", "none").inc()
+        return result, body
+
+    async def check_token(self, token: str, route: CompiledRoute) -> Identity | Denial:
+        """Verify a token and authorise it for a route (also used by ``gateway explain``)."""
+        requirement = route.requirement
+        assert requirement is not None
+        verified = await self.verifier.verify(token, requirement.issuers)
+        if isinstance(verified, Denial):
+            return verified
+        return self.authorizer.authorize(requirement, verified)
+
+    async def _forward(
+        self,
+        request: web.BaseRequest,
+        route: CompiledRoute,
+        query: str,
+        exchange: Exchange,
+        body: bytes | None,
+    ) -> web.StreamResponse:
+        rid = exchange.request_id
+        target = route.upstream
+        assert exchange.path is not None
+        url = target.origin + route.upstream_path(exchange.path) + (f"?{query}" if query else "")
+        headers = self.upstream_headers(request, route, exchange)
+        pool = self.upstreams.pool(target)
+        if is_websocket_upgrade(request):
+            response = await proxy_websocket(
+                request, pool=pool, url=url, headers=headers, request_id=rid
+            )
+            return self._finish(response, exchange, route, request)
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+        result = await forward(
+            request,
+            pool=pool,
+            url=str(URL(url, encoded=True)),
+            headers=headers,
+            max_body_bytes=route.max_body_bytes,
+            request_id=rid,
+            body=body,
+        )
+        exchange.upstream_seconds = result.upstream_seconds
+        return self._finish(result.response, exchange, route, request)
+
+    def upstream_headers(
+        self, request: web.BaseRequest, route: CompiledRoute, exchange: Exchange
+    ) -> CIMultiDict[str]:
+        """The request headers the upstream sees: hop-by-hop, spoofable and identity headers
+        removed; forwarding, request id and (after authorisation) identity headers set."""
+        incoming = request.headers
+        stripper = self.compiled.stripper
+        drop = HOP_BY_HOP | connection_tokens(incoming) | PATH_OVERRIDES | PEER_DESCRIPTIONS
+        drop = drop | {"host", "x-request-id", "expect"}
+        forward_authorization = self.compiled.config.identity.forward_authorization
+        headers: CIMultiDict[str] = CIMultiDict()
+        for name, value in incoming.items():
+            lower = name.lower()
+            if lower in drop or stripper.is_identity_header(name):
+                continue
+            if lower == "authorization" and not forward_authorization:
+                continue
+            headers.add(name, value)
+        if is_websocket_upgrade(request):
+            for name in ("Sec-WebSocket-Protocol",):
+                for value in incoming.getall(name, ()):
+                    headers.add(name, value)
+        trusted = is_trusted_peer(request.remote, self.compiled.trusted_proxies)
+        headers.extend(
+            forwarded_headers(
+                incoming,
+                peer=request.remote,
+                scheme=request.scheme,
+                host=incoming.get("Host"),
+                trusted=trusted,
+            )
+        )
+        if route.upstream.preserve_host and "Host" in incoming:
+            headers["Host"] = incoming["Host"]
+        headers["X-Request-Id"] = exchange.request_id
+        if exchange.identity is not None:
+            for name, value in identity_headers(exchange.identity, route.identity_headers):
+                headers[name] = value
+        return headers
+
+    # -- observe ------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        response: web.StreamResponse,
+        exchange: Exchange,
+        route: CompiledRoute | None,
+        request: web.BaseRequest,
+    ) -> web.StreamResponse:
+        if not response.prepared:
+            response.headers["X-Request-Id"] = exchange.request_id
+            if (
+                route is not None
+                and route.cors is not None
+                and _allowed_origin(route.cors, request)
+            ):
+                _add_cors(response.headers, route.cors, request.headers["Origin"])
+        return response
+
+    def _observe(
+        self, request: web.BaseRequest, exchange: Exchange, response: web.StreamResponse | None
+    ) -> None:
+        status = response.status if response is not None else 499
+        route = exchange.route.name if exchange.route else UNMATCHED_ROUTE
+        method = exchange.method if exchange.method in _KNOWN_METHODS else "OTHER"
+        elapsed = time.perf_counter() - exchange.started
+        self.metrics.requests.labels(route, method, str(status)).inc()
+        self.metrics.request_duration.labels(route).observe(elapsed)
+        if exchange.upstream_seconds is not None:
+            self.metrics.upstream_duration.labels(route).observe(exchange.upstream_seconds)
+        identity = exchange.identity
+        result = None
+        if exchange.route is not None and exchange.route.requirement is not None:
+            result = "deny" if exchange.denial is not None or identity is None else "allow"
+        log.info(
+            "request",
+            request_id=exchange.request_id,
+            method=exchange.method,
+            path=exchange.path,
+            route=exchange.route.name if exchange.route else None,
+            status=status,
+            duration_ms=round(elapsed * 1000, 3),
+            upstream_ms=(
+                round(exchange.upstream_seconds * 1000, 3)
+                if exchange.upstream_seconds is not None
+                else None
+            ),
+            result=result,
+            reason=exchange.denial.reason if exchange.denial else None,
+            sub=identity.subject if identity else None,
+            client_id=identity.client_id if identity else None,
+            token_fp=token_fingerprint(exchange.token) if exchange.token else None,
+            remote=request.remote,
+        )
+
+
+def _has_param(query: str, name: str) -> bool:
+    return any(key == name for key, _ in parse_qsl(query, keep_blank_values=True))
+
+
+async def _read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def _is_preflight(request: web.BaseRequest) -> bool:
+    return (
+        request.method == "OPTIONS"
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
+
+
+def _allowed_origin(cors: CorsPolicy, request: web.BaseRequest) -> bool:
+    origin = request.headers.get("Origin")
+    return origin is not None and cors.allows_origin(origin)
+
+
+def _add_cors(headers: CIMultiDict[str], cors: CorsPolicy, origin: str) -> None:
+    headers["Access-Control-Allow-Origin"] = origin
+    if cors.allow_credentials:
+        headers["Access-Control-Allow-Credentials"] = "true"
+    vary = headers.get("Vary")
+    if not vary:
+        headers["Vary"] = "Origin"
+    elif "origin" not in vary.lower():
+        headers["Vary"] = f"{vary}, Origin"
+
+
+def _preflight(cors: CorsPolicy, request: web.BaseRequest, rid: str) -> web.Response:
+    """Answer a CORS preflight here: it carries no token, so forwarding it would either fail
+    authentication or need the route opened to anonymous OPTIONS."""
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = ", ".join(cors.allow_methods)
+    response.headers["Access-Control-Allow-Headers"] = ", ".join(cors.allow_headers)
+    response.headers["Access-Control-Max-Age"] = str(cors.max_age)
+    return response

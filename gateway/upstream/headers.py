@@ -1,0 +1,114 @@
+"""Which headers cross the gateway, both ways (RFC 9110 §7.6.1, SPEC §4 "Forwarding")."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Headers some frameworks (IIS URL Rewrite, Symfony, Laravel) trust to override the request path:
+# a client must never be able to re-route itself behind the gateway's back.
+PATH_OVERRIDES = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri"})
+
+# Headers describing the client that only a trusted proxy may set.
+PEER_DESCRIPTIONS = frozenset(
+    {
+        "forwarded",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+        "x-real-ip",
+    }
+)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def request_id(incoming: str | None) -> str:
+    """The client's ``X-Request-Id`` when it is a safe token, otherwise a fresh one."""
+    if incoming is not None and _REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
+    """Header names listed in ``Connection``: hop-by-hop by declaration (RFC 9110 §7.6.1)."""
+    tokens: set[str] = set()
+    getall = getattr(headers, "getall", None)
+    values: Iterable[str] = getall("Connection", ()) if getall else [headers.get("Connection", "")]
+    for value in values:
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+@lru_cache(maxsize=1024)
+def _is_trusted(peer: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def is_trusted_peer(peer: str | None, trusted: tuple[Network, ...]) -> bool:
+    return bool(peer and trusted and _is_trusted(peer, trusted))
+
+
+def forwarded_headers(
+    incoming: CIMultiDictProxy[str],
+    *,
+    peer: str | None,
+    scheme: str,
+    host: str | None,
+    trusted: bool,
+) -> CIMultiDict[str]:
+    """``X-Forwarded-For/Proto/Host``: appended to when the peer is a trusted proxy, otherwise
+    replaced, so that an untrusted client cannot claim another address."""
+    out: CIMultiDict[str] = CIMultiDict()
+    prior_for = ", ".join(incoming.getall("X-Forwarded-For", ())) if trusted else ""
+    chain = [part for part in (prior_for, peer or "") if part]
+    if chain:
+        out["X-Forwarded-For"] = ", ".join(chain)
+    proto = incoming.get("X-Forwarded-Proto") if trusted else None
+    out["X-Forwarded-Proto"] = proto or scheme
+    forwarded_host = incoming.get("X-Forwarded-Host") if trusted else None
+    if forwarded_host or host:
+        out["X-Forwarded-Host"] = forwarded_host or host or ""
+    if trusted:
+        for name in ("Forwarded", "X-Real-IP"):
+            for value in incoming.getall(name, ()):
+                out.add(name, value)
+    return out
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers less the hop-by-hop ones."""
+    drop = HOP_BY_HOP | connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    return out
