@@ -18,6 +18,7 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -94,7 +95,7 @@ def load_config_text(
     directory = (base_dir or Path.cwd()).absolute()
     reader = _DocumentReader(os.environ if environ is None else environ)
     data = reader.read_document(text)
-    source_map = SourceMap(dict(reader.lines))
+    source_map = SourceMap(MappingProxyType(dict(reader.lines)))
     problems = list(reader.problems)
     config: Config | None = None
     if data is not None:
@@ -224,14 +225,15 @@ class _DocumentReader:
 
     def read_document(self, text: str) -> Any:
         """The document's data, or None when there is nothing to validate."""
-        self._loader = yaml.SafeLoader(text)
         try:
-            root = self._loader.get_single_node()
+            self._loader = yaml.SafeLoader(text)
+            try:
+                root = self._loader.get_single_node()
+            finally:
+                self._loader.dispose()
         except yaml.YAMLError as error:
-            self.problems.append(_yaml_problem(error))
+            self.problems.append(_yaml_problem(error, text))
             return None
-        finally:
-            self._loader.dispose()
         if root is None:
             self._report((), "the file is empty: a configuration needs at least `routes:`", 1)
             return None
@@ -367,15 +369,21 @@ def _kind(value: Any) -> str:
     return "null" if value is None else f"a {type(value).__name__}"
 
 
-def _yaml_problem(error: yaml.YAMLError) -> Problem:
+def _yaml_problem(error: yaml.YAMLError, text: str) -> Problem:
+    if isinstance(error, yaml.reader.ReaderError):
+        message = f"invalid YAML: character #x{error.character:04x} is not allowed ({error.reason})"
+        return Problem((), message, line=text.count("\n", 0, error.position) + 1)
     if not isinstance(error, yaml.MarkedYAMLError):
         return Problem((), f"invalid YAML: {error}")
-    message = f"invalid YAML: {error.problem or error.context}"
+    problem, context = error.problem, error.context
+    message = f"invalid YAML: {problem or context}"
     if "'\\t'" in message:
         message += " (indent with spaces: YAML does not allow tabs)"
-    elif error.problem and error.context:
+    elif problem and context and context.startswith("while "):
         where = f" started at line {error.context_mark.line + 1}" if error.context_mark else ""
-        message += f" ({error.context}{where})"
+        message += f" ({context}{where})"
+    elif problem and context:
+        message = f"invalid YAML: {context}, {problem}"
     mark = error.problem_mark or error.context_mark
     return Problem((), message, line=mark.line + 1 if mark else None)
 
@@ -411,8 +419,36 @@ def _validation_problems(
         if any(path[: len(bad)] == bad for bad in reader.unusable):
             continue
         message = failure.message or _message(failure)
+        if failure.loc[-1:] == ("[key]",) and message.startswith("must "):
+            message = f"the key {message}"
         problems.append(Problem(path, _redact(message, path, reader)))
     return problems
+
+
+def _without_consequences(failures: list[_Failure]) -> list[_Failure]:
+    """Drop errors that only follow from another one, so that each mistake is told once.
+
+    "Too short after validation" follows from its items' own errors; a required key is "missing"
+    when it was misspelt, and the unknown key's "did you mean" already says so.
+    """
+    paths = [f.path for f in failures]
+    misspelt = {
+        (*f.path[:-1], suggestion)
+        for f in failures
+        if _kind_of(f) == "extra_forbidden" and (suggestion := _suggestion(f.path))
+    }
+
+    def is_consequence(failure: _Failure) -> bool:
+        path, kind = failure.path, _kind_of(failure)
+        if kind == "too_short":
+            return any(len(other) > len(path) and other[: len(path)] == path for other in paths)
+        return kind == "missing" and path in misspelt
+
+    return [f for f in failures if not is_consequence(f)]
+
+
+def _kind_of(failure: _Failure) -> str | None:
+    return failure.detail["type"] if failure.detail is not None else None
 
 
 def _locate(error: ErrorDetails, data: Any) -> _Failure:
@@ -468,18 +504,22 @@ def _union_groups(
 
 def _resolve_union(prefix: tuple[str | int, ...], branches: list[list[_Failure]]) -> list[_Failure]:
     position = len(prefix)
+    wrong_type = [_is_wrong_type(branch, position) for branch in branches]
     if all(f.depth_after(position) == 0 for branch in branches for f in branch):
-        fitting = [b for b in branches if not _wrong_type(b)]
-        ordered = fitting + [b for b in branches if _wrong_type(b)]
-        sample = branches[0][0]
+        ordered = [b for b, wrong in zip(branches, wrong_type, strict=True) if not wrong]
+        ordered += [b for b, wrong in zip(branches, wrong_type, strict=True) if wrong]
         message = _either([_message(f) for branch in ordered for f in branch])
-        return [_Failure(prefix, sample.is_data[:position], None, message)]
-    fitting = [b for b in branches if not _wrong_type(b) or any(f.depth_after(position) for f in b)]
+        return [_Failure(prefix, branches[0][0].is_data[:position], None, message)]
+    fitting = [b for b, wrong in zip(branches, wrong_type, strict=True) if not wrong]
     return [f for branch in fitting for f in branch]
 
 
-def _wrong_type(branch: list[_Failure]) -> bool:
-    return all(f.detail is not None and _is_type_mismatch(f.detail) for f in branch)
+def _is_wrong_type(branch: list[_Failure], position: int) -> bool:
+    """The branch failed only because the value is not of its type (a list for a string...)."""
+    return all(
+        f.depth_after(position) == 0 and f.detail is not None and _is_type_mismatch(f.detail)
+        for f in branch
+    )
 
 
 def _is_type_mismatch(detail: ErrorDetails) -> bool:
@@ -497,21 +537,6 @@ def _either(messages: list[str]) -> str:
     if len(phrases) == 1:
         return f"must be {phrases[0]}"
     return f"must be {', '.join(phrases[:-1])} or {phrases[-1]}"
-
-
-def _without_consequences(failures: list[_Failure]) -> list[_Failure]:
-    """Drop "too short after validation" when it only follows from its items' own errors."""
-    paths = [f.path for f in failures]
-
-    def follows_from_items(failure: _Failure) -> bool:
-        path = failure.path
-        return any(len(other) > len(path) and other[: len(path)] == path for other in paths)
-
-    return [
-        f
-        for f in failures
-        if not (f.detail is not None and f.detail["type"] == "too_short" and follows_from_items(f))
-    ]
 
 
 _TYPE_NAMES = {
@@ -582,14 +607,20 @@ def _length_message(kind: str, ctx: dict[str, Any]) -> str:
 
 
 def _unknown_key(path: KeyPath) -> str:
-    key = str(path[-1]) if path else ""
-    message = f'unknown key "{key}"'
-    names = _field_names_at(path[:-1])
-    normalised = {name.lower().replace("-", "_"): name for name in names}
-    close = normalised.get(key.lower().replace("-", "_")) or next(
-        iter(difflib.get_close_matches(key, names, n=1, cutoff=0.6)), None
-    )
-    return f'{message} (did you mean "{close}"?)' if close else message
+    message = f'unknown key "{path[-1]}"' if path else "unknown key"
+    suggestion = _suggestion(path)
+    return f'{message} (did you mean "{suggestion}"?)' if suggestion else message
+
+
+def _suggestion(path: KeyPath) -> str | None:
+    """The allowed key that the unknown key at `path` was probably meant to be."""
+    if not path:
+        return None
+    key, names = str(path[-1]), _field_names_at(path[:-1])
+    same_but_spelling = {name.lower().replace("-", "_"): name for name in names}
+    if found := same_but_spelling.get(key.lower().replace("-", "_")):
+        return found
+    return next(iter(difflib.get_close_matches(key, names, n=1, cutoff=0.6)), None)
 
 
 def _field_names_at(path: KeyPath) -> list[str]:

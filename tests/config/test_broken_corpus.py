@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config.load import load_config
+from gateway.config import load_and_compile
 from gateway.config.problems import ConfigError
 
 BROKEN = Path(__file__).parent / "broken"
@@ -18,9 +18,10 @@ CORPUS = sorted(BROKEN.glob("*.yaml"))
 
 
 def problems_for(path: Path) -> list[str]:
-    """Every problem reported for the file, rendered without the file name; [] if it is valid."""
+    """Every problem `gateway check` reports for the file (load, validate, compile), rendered
+    without the file name; [] if it is valid."""
     try:
-        load_config(path, environ={})
+        load_and_compile(path, environ={})
     except ConfigError as error:
         return [problem.describe(None) for problem in error.problems]
     return []
