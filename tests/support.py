@@ -79,7 +79,7 @@ class TokenIssuer:
         alg: str = "RS256",
         *,
         header: dict[str, Any] | None = None,
-        kid: str | None | bool = True,
+        kid: str | bool | None = True,
         typ: str | None = "at+jwt",
         **claims: Any,
     ) -> str:
