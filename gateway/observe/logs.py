@@ -33,7 +33,9 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        # No file argument: print() then looks sys.stdout up at each line, so a replaced stdout
+        # (tests, daemons) is followed.
+        logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     # aiohttp's own loggers would print request lines with query strings: keep them quiet.
