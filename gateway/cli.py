@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="serve the gateway")
     with_config(run)
-    run.add_argument("--workers", help='worker processes: a number or "auto"')
+    run.add_argument("--workers", type=_workers, help='worker processes: a number or "auto"')
     run.add_argument("--log-format", choices=("json", "console"), default="json")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("schema", help="print the configuration's JSON Schema")
     return parser
+
+
+def _workers(value: str) -> str:
+    """``--workers``: a positive number or ``auto``; anything else is a usage error (exit 2)
+    rather than a value silently ignored."""
+    if value != "auto" and not (value.isdigit() and int(value) > 0):
+        raise argparse.ArgumentTypeError(f'{value!r} is not a positive number or "auto"')
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,7 +160,9 @@ def _explain(compiled: CompiledConfig, args: argparse.Namespace) -> int:
         except OSError as error:
             print(f"gateway: cannot read {args.token_file}: {error.strerror}", file=sys.stderr)
             return EXIT_USAGE
-    _configure_logs("console", "error")
+    # stdout carries the answer (with --json, exactly one JSON object): logs go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        _configure_logs("console", "error")
     result = asyncio.run(explain(compiled, args.method, args.url, token))
     print(result.as_json() if args.json else result.as_text())
     return EXIT_OK if result.decision == "allow" else EXIT_INVALID

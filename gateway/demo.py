@@ -130,33 +130,34 @@ async def run_demo(port: int = 8080, admin_port: int = 9901, out: TextIO = sys.s
     demo = DemoIssuer(issuer_url)
     runner = web.AppRunner(_issuer_app(issuer_url, demo.jwks), access_log=None)
     await runner.setup()
-    await web.SockSite(runner, sock).start()
-    workdir = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
-    config_path = workdir / "gateway.yaml"
-    config_path.write_text(
-        CONFIG.format(
-            path=config_path,
-            port=_free_port(port),
-            admin_port=_free_port(admin_port),
-            issuer=issuer_url,
-            audience=AUDIENCE,
-            echo=issuer_url,
-        )
-    )
-    compiled, _ = load_and_compile(config_path)
-    server = GatewayServer(compiled)
-    task = asyncio.ensure_future(serve_forever(server))
-    while not server.admin_port and not task.done():
-        await asyncio.sleep(0.05)
-    if task.done():
-        await task
-        return
-    base = f"http://127.0.0.1:{server.public_port}"
-    _print_guide(out, demo, base, server.admin_port, config_path)
+    # The configuration lives only as long as the demo: it names ports and an issuer that are
+    # gone once it stops, so leaving it behind in the temp folder would only mislead.
+    workdir = tempfile.TemporaryDirectory(prefix="gateway-demo-")
     try:
+        await web.SockSite(runner, sock).start()
+        config_path = Path(workdir.name) / "gateway.yaml"
+        config_path.write_text(
+            CONFIG.format(
+                path=config_path,
+                port=_free_port(port),
+                admin_port=_free_port(admin_port),
+                issuer=issuer_url,
+                audience=AUDIENCE,
+                echo=issuer_url,
+            )
+        )
+        compiled, _ = load_and_compile(config_path)
+        server = GatewayServer(compiled)
+        task = asyncio.ensure_future(serve_forever(server))
+        while not server.admin_port and not task.done():
+            await asyncio.sleep(0.05)
+        if not task.done():
+            base = f"http://127.0.0.1:{server.public_port}"
+            _print_guide(out, demo, base, server.admin_port, config_path)
         await task
     finally:
         await runner.cleanup()
+        workdir.cleanup()
 
 
 def _print_guide(out: TextIO, demo: DemoIssuer, base: str, admin_port: int, path: Path) -> None:

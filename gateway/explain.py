@@ -94,7 +94,9 @@ async def _explain(gateway: Gateway, method: str, url: str, token: str | None) -
         path = normalize_path(parts.path or "/")
     except AmbiguousPath as error:
         return Explanation(None, {}, "deny", ["invalid_request"], notes=[f"400: {error}"])
-    found = gateway.compiled.routes.lookup(parts.netloc or None, path, method)
+    # The Host header carries no user info: `user@api.example.test` must match as the host.
+    host = parts.netloc.rpartition("@")[2] or None
+    found = gateway.compiled.routes.lookup(host, path, method)
     if found is None:
         return Explanation(None, {}, "deny", notes=["404: no route matches"])
     if isinstance(found, MethodNotAllowed):
@@ -111,16 +113,16 @@ async def _explain(gateway: Gateway, method: str, url: str, token: str | None) -
     if not isinstance(extracted, BearerToken):
         return Explanation(route.name, requires, "deny", [extracted.reason])
     await gateway.start()
-    reasons = await _every_reason(gateway, route, extracted.value)
-    if reasons:
-        return Explanation(route.name, requires, "deny", [d.reason for d in reasons])
-    identity = await gateway.check_token(extracted.value, route)
-    assert isinstance(identity, Identity)
-    headers = dict(identity_headers(identity, route.identity_headers))
+    judged = await _judge(gateway, route, extracted.value)
+    if not isinstance(judged, Identity):
+        return Explanation(route.name, requires, "deny", [d.reason for d in judged])
+    headers = dict(identity_headers(judged, route.identity_headers))
     return Explanation(route.name, requires, "allow", identity_headers=headers)
 
 
-async def _every_reason(gateway: Gateway, route: CompiledRoute, token: str) -> list[Denial]:
+async def _judge(gateway: Gateway, route: CompiledRoute, token: str) -> Identity | list[Denial]:
+    """The identity, or every reason the token is refused. The token is verified once: a
+    second verification (as before) could disagree with the first and crash on an assert."""
     requirement = route.requirement
     assert requirement is not None
     verified = await gateway.verifier.verify(token, requirement.issuers, check_lifetime=False)
@@ -130,4 +132,7 @@ async def _every_reason(gateway: Gateway, route: CompiledRoute, token: str) -> l
     if lifetime := gateway.verifier.lifetime_denial(verified.issuer, verified.claims):
         reasons.append(lifetime)
     reasons.extend(gateway.authorizer.denials(requirement, verified))
-    return reasons
+    if reasons:
+        return reasons
+    identity = gateway.authorizer.authorize(requirement, verified)
+    return [identity] if isinstance(identity, Denial) else identity

@@ -161,7 +161,12 @@ class Gateway:
             exchange.path = path = normalize_path(raw_path)
         except AmbiguousPath as error:
             return self._finish(errors.bad_request(rid, str(error)), exchange, None, request)
-        found = self.compiled.routes.lookup(request.headers.get("Host"), path, request.method)
+        host = request.headers.get("Host")
+        if _is_preflight(request) and (preflighted := self._preflighted(host, path, request)):
+            exchange.route = preflighted
+            assert preflighted.cors is not None
+            return self._finish(_preflight(preflighted.cors), exchange, preflighted, request)
+        found = self.compiled.routes.lookup(host, path, request.method)
         if isinstance(found, MethodNotAllowed):
             return self._finish(
                 errors.method_not_allowed(rid, found.allow), exchange, None, request
@@ -169,9 +174,6 @@ class Gateway:
         if found is None:
             return self._finish(errors.not_found(rid), exchange, None, request)
         route = self._matched(found, exchange)
-        cors = route.cors
-        if cors is not None and _is_preflight(request) and _allowed_origin(cors, request):
-            return self._finish(_preflight(cors, request, rid), exchange, route, request)
         length = request.content_length
         if length is not None and length > route.max_body_bytes:
             return self._finish(errors.too_large(rid), exchange, route, request)
@@ -182,6 +184,23 @@ class Gateway:
                 return self._finish(outcome, exchange, route, request)
             exchange.identity, body = outcome
         return await self._forward(request, route, query, exchange, body)
+
+    def _preflighted(
+        self, host: str | None, path: str, request: web.BaseRequest
+    ) -> CompiledRoute | None:
+        """The route whose CORS policy answers this preflight, if it allows the origin.
+
+        The route is the one that would serve the method the browser asks about, not OPTIONS:
+        a route listing only GET and POST must still answer its preflight, or no browser could
+        ever call it (the preflight would get 405)."""
+        method = request.headers["Access-Control-Request-Method"].strip()
+        found = self.compiled.routes.lookup(host, path, method)
+        if not isinstance(found, Match):
+            return None
+        route = found.value
+        if route.cors is None or not _allowed_origin(route.cors, request):
+            return None
+        return route
 
     def _matched(self, found: Match[CompiledRoute], exchange: Exchange) -> CompiledRoute:
         exchange.route = found.value
@@ -194,8 +213,11 @@ class Gateway:
         if one had to be read to look for a second token), or the refusal."""
         assert route.requirement is not None
         body: bytes | None = None
-        in_query = "access_token" in query and _has_param(query, "access_token")
+        # Parsed, never searched as text: ``access%5Ftoken`` is the same name once decoded, and
+        # an upstream that reads it would take a token the gateway never checked.
+        in_query = bool(query) and _has_param(query, "access_token")
         if not in_query and request.content_type == _FORM and request.body_exists:
+            await _send_continue(request)
             body = await _read_limited(request, route.max_body_bytes)
             if body is None:
                 return errors.too_large(exchange.request_id)
@@ -238,7 +260,12 @@ class Gateway:
         rid = exchange.request_id
         target = route.upstream
         assert exchange.path is not None
-        url = target.origin + route.upstream_path(exchange.path) + (f"?{query}" if query else "")
+        # encoded=True: the path is already canonical and the query must reach the upstream byte
+        # for byte; a plain string would be re-quoted by yarl (``%2f`` -> ``/``, ``%7E`` -> ``~``).
+        url = URL(
+            target.origin + route.upstream_path(exchange.path) + (f"?{query}" if query else ""),
+            encoded=True,
+        )
         headers = self.upstream_headers(request, route, exchange)
         pool = self.upstreams.pool(target)
         if is_websocket_upgrade(request):
@@ -248,14 +275,19 @@ class Gateway:
             return self._finish(response, exchange, route, request)
         if body is not None:
             headers["Content-Length"] = str(len(body))
+        if body is None:
+            await _send_continue(request)
         result = await forward(
             request,
             pool=pool,
-            url=str(URL(url, encoded=True)),
+            url=url,
             headers=headers,
             max_body_bytes=route.max_body_bytes,
             request_id=rid,
             body=body,
+            # The upstream's answer is sent from inside forward(): its headers must get the
+            # request id and the CORS headers there, before they are on the wire.
+            decorate=lambda headers: self._decorate(headers, exchange, route, request),
         )
         exchange.upstream_seconds = result.upstream_seconds
         return self._finish(result.response, exchange, route, request)
@@ -310,14 +342,21 @@ class Gateway:
         request: web.BaseRequest,
     ) -> web.StreamResponse:
         if not response.prepared:
-            response.headers["X-Request-Id"] = exchange.request_id
-            if (
-                route is not None
-                and route.cors is not None
-                and _allowed_origin(route.cors, request)
-            ):
-                _add_cors(response.headers, route.cors, request.headers["Origin"])
+            self._decorate(response.headers, exchange, route, request)
         return response
+
+    def _decorate(
+        self,
+        headers: CIMultiDict[str],
+        exchange: Exchange,
+        route: CompiledRoute | None,
+        request: web.BaseRequest,
+    ) -> None:
+        """Headers every response gets, error or not: the request id, and CORS for an allowed
+        origin (a browser hides even a 401 from a page unless it is labelled for its origin)."""
+        headers["X-Request-Id"] = exchange.request_id
+        if route is not None and route.cors is not None and _allowed_origin(route.cors, request):
+            _add_cors(headers, route.cors, request.headers["Origin"])
 
     def _observe(
         self, request: web.BaseRequest, exchange: Exchange, response: web.StreamResponse | None
@@ -360,6 +399,23 @@ def _has_param(query: str, name: str) -> bool:
     return any(key == name for key, _ in parse_qsl(query, keep_blank_values=True))
 
 
+async def _send_continue(request: web.BaseRequest) -> None:
+    """Answer ``Expect: 100-continue`` (RFC 9110 §10.1.1) once the request is accepted.
+
+    The header is not forwarded (the upstream's interim answer could not be relayed through the
+    client library), so the gateway must say it: otherwise a client waits before sending its
+    body (curl: one second per upload), and a refusal (401, 413) is still sent without one."""
+    if request.version != aiohttp.HttpVersion11 or request.writer is None:
+        return
+    if request.headers.get("Expect", "").strip().lower() != "100-continue":
+        return
+    if not request.body_exists or request.content.at_eof():
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # Like aiohttp's own expect handler: the interim answer is not part of the response size.
+    request.writer.output_size = 0
+
+
 async def _read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
     body = bytearray()
     async for chunk in request.content.iter_chunked(65536):
@@ -393,7 +449,7 @@ def _add_cors(headers: CIMultiDict[str], cors: CorsPolicy, origin: str) -> None:
         headers["Vary"] = f"{vary}, Origin"
 
 
-def _preflight(cors: CorsPolicy, request: web.BaseRequest, rid: str) -> web.Response:
+def _preflight(cors: CorsPolicy) -> web.Response:
     """Answer a CORS preflight here: it carries no token, so forwarding it would either fail
     authentication or need the route opened to anonymous OPTIONS."""
     response = web.Response(status=204)

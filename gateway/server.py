@@ -73,6 +73,10 @@ class GatewayServer:
         except Exception:
             # A bug must cost one request a 500, never the process.
             log.exception("request_failed")
+            if request.writer is not None and request.writer.output_size > 0:
+                # A response is already on the wire: a second status line would be read as its
+                # body. Re-raising lets aiohttp close the connection instead.
+                raise
             return errors.error_response(
                 500, "server_error", "the gateway failed to handle this request", "-"
             )

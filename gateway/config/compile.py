@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from gateway.pipeline.authorize import ClaimRule, Requirement
 from gateway.pipeline.identity import HeaderStripper
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
-from gateway.pipeline.routing import RouteMatcher, RouteTable
+from gateway.pipeline.routing import HostPattern, PathPattern, RouteMatcher, RouteTable
 from gateway.pipeline.verify.fetch import plain_http_refused
 
 from .problems import ConfigError, KeyPath, Problem
@@ -154,18 +154,21 @@ class _Compiler:
 
     def issuer(self, name: str, issuer: Issuer) -> IssuerSource:
         path: KeyPath = ("issuers", name)
-        for key in ("issuer", "jwks_uri"):
-            url = getattr(issuer, key)
+        # The `issuer` value is only fetched with discovery; otherwise it is just the expected
+        # `iss` string, which RFC 7519 §4.1.1 lets be any StringOrURI (even `urn:...`).
+        fetched: list[tuple[KeyPath, str | None]] = [
+            ((*path, "issuer"), issuer.issuer if issuer.discovery else None),
+            ((*path, "jwks_uri"), issuer.jwks_uri),
+        ]
+        if issuer.introspection is not None:
+            fetched.append(((*path, "introspection", "endpoint"), issuer.introspection.endpoint))
+        for key, url in fetched:
             if url is None:
                 continue
             if reason := plain_http_refused(url, issuer.allow_http):
-                self.error((*path, key), reason)
+                self.error(key, reason)
             elif urlsplit(url).scheme == "http":
-                self.warn((*path, key), "the issuer is reached over plain http")
-        if issuer.introspection and issuer.introspection.endpoint:
-            endpoint = issuer.introspection.endpoint
-            if reason := plain_http_refused(endpoint, issuer.allow_http):
-                self.error((*path, "introspection", "endpoint"), reason)
+                self.warn(key, "the issuer is reached over plain http")
         jwks_file = None
         if issuer.jwks_file is not None:
             jwks_file = Path(issuer.jwks_file)
@@ -203,13 +206,29 @@ class _Compiler:
         )
 
     def matcher(self, index: int) -> RouteMatcher | None:
+        # Hosts and path are parsed one by one so that each mistake is reported under its own
+        # key (guessing the key from the message put `/hosts/{x` under `hosts`) and none hides
+        # another.
         match = self.config.routes[index].match
         path: KeyPath = ("routes", index, "match")
+        hosts: list[HostPattern] = []
+        for position, host in enumerate(match.hosts):
+            try:
+                hosts.append(HostPattern.parse(host))
+            except ValueError as error:
+                self.error((*path, "hosts", position), str(error))
         try:
-            return RouteMatcher.build(match.path, match.hosts, match.methods)
+            pattern = PathPattern.parse(match.path)
         except ValueError as error:
-            key = "path" if "host" not in str(error).lower() else "hosts"
-            self.error((*path, key), str(error))
+            self.error((*path, "path"), str(error))
+            return None
+        if len(hosts) != len(match.hosts):
+            return None
+        methods = None if match.methods is None else frozenset(match.methods)
+        try:
+            return RouteMatcher(tuple(hosts), pattern, methods)
+        except ValueError as error:
+            self.error((*path, "methods"), str(error))
             return None
 
     def route(self, index: int) -> CompiledRoute | None:
@@ -283,13 +302,14 @@ class _Compiler:
             for claim, rule in auth.claims.items()
         )
         issuers = auth.issuers or tuple(self.config.issuers)
+        unbounded = "protected route without an audience: tokens meant for any API are accepted"
         if auth.audience is None and not all(
             self.config.issuers[i].audiences for i in issuers if i in self.config.issuers
         ):
-            self.warn(
-                ("routes", index, "auth"),
-                "protected route without an audience: tokens meant for any API are accepted",
-            )
+            self.warn(("routes", index, "auth"), unbounded)
+        elif auth.audience == ():
+            # An empty list replaces the issuers' default audiences and checks none at all.
+            self.warn(("routes", index, "auth", "audience"), unbounded)
         return Requirement(
             issuers=frozenset(auth.issuers) if auth.issuers else None,
             audience=auth.audience,

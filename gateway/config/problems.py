@@ -39,9 +39,10 @@ class Problem:
         return replace(self, line=line)
 
     def describe(self, source: str | None = None) -> str:
-        where = f"{source}:{self.line}: " if source and self.line else ""
-        if not source and self.line:
-            where = f"line {self.line}: "
+        if source:
+            where = f"{source}:{self.line}: " if self.line else f"{source}: "
+        else:
+            where = f"line {self.line}: " if self.line else ""
         return f"{where}{self.severity}: {format_key_path(self.path)}: {self.message}"
 
 

@@ -113,7 +113,16 @@ HeaderName = Annotated[str, AfterValidator(_header_name)]
 Method = Annotated[str, AfterValidator(_method)]
 ClaimPath = Annotated[str, AfterValidator(_claim_path)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
-StringList = Annotated[tuple[str, ...], BeforeValidator(_one_or_many)]
+StringList = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_one_or_many),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "a string, or a list of strings",
+        }
+    ),
+]
 NonEmptyString = Annotated[str, Field(min_length=1)]
 
 RouteName = Annotated[

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from .decision import Denial
 
-# RFC 6750 §2.1 b64token.
-_B64TOKEN = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+# RFC 6750 §2.1 b64token; used with `fullmatch` (`$` would let a trailing newline through).
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,6 @@ def extract_bearer(
     # Before any parsing: a huge token must cost nothing (SPEC `max_token_bytes`).
     if len(token) > max_token_bytes:
         return Denial("malformed_token", "the token is too long")
-    if not _B64TOKEN.match(token):
+    if not _B64TOKEN.fullmatch(token):
         return Denial("malformed_token", "the token is malformed")
     return BearerToken(token)

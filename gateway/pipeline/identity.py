@@ -70,6 +70,10 @@ def _header_value(value: Any) -> str | None:
         text = _scalar_text(value)
     if not text:
         return None  # a missing claim means the header is absent, never empty
+    if text != text.strip(" \t"):
+        # RFC 9110 §5.5: parsers drop leading and trailing whitespace, so a claim " admin"
+        # would reach the upstream as "admin" (another user); not written at all instead.
+        return None
     # Never write CR, LF or NUL (header injection), nor other control characters.
     if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
         return None

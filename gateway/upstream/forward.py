@@ -8,12 +8,13 @@ once by ``Content-Length``, or by counting when it is chunked.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.pipeline import errors
 
@@ -53,16 +54,18 @@ async def forward(
     request: web.BaseRequest,
     *,
     pool: UpstreamPool,
-    url: str,
+    url: URL,
     headers: CIMultiDict[str],
     max_body_bytes: int,
     request_id: str,
     body: bytes | None = None,
+    decorate: Callable[[CIMultiDict[str]], None] | None = None,
 ) -> Forwarded:
     """Send the request to ``url`` and stream the upstream's answer to the client.
 
     ``body`` is given when the request body was already read (a form searched for a second
     token); otherwise the body streams from the client, counted against ``max_body_bytes``.
+    ``decorate`` adds the gateway's own headers to the upstream's answer before it is sent.
     """
     limit = _BodyLimit(request, max_body_bytes)
     data: bytes | AsyncIterator[bytes] | None = body
@@ -90,6 +93,8 @@ async def forward(
                 headers=response_headers(upstream.headers),
             )
             response.headers["X-Request-Id"] = request_id
+            if decorate is not None:
+                decorate(response.headers)
             await response.prepare(request)
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
@@ -99,11 +104,21 @@ async def forward(
         return Forwarded(errors.upstream_busy(request_id), None)
     except (TimeoutError, aiohttp.ServerTimeoutError):
         if response is not None and response.prepared:
-            raise  # headers are gone: all that is left is to cut the connection
+            return Forwarded(_cut(request, response), upstream_seconds)
         return Forwarded(errors.gateway_timeout(request_id), upstream_seconds)
     except (aiohttp.ClientError, OSError):
         if limit.exceeded:
             return Forwarded(errors.too_large(request_id), upstream_seconds)
         if response is not None and response.prepared:
-            raise
+            return Forwarded(_cut(request, response), upstream_seconds)
         return Forwarded(errors.bad_gateway(request_id), upstream_seconds)
+
+
+def _cut(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:
+    """The upstream failed after its status line was sent on: the only honest signal left is to
+    close the client's connection, so that it sees a truncated body, never a complete-looking
+    one. (Raising instead would reach the server's last-resort handler, which would write a
+    second status line into the body of this one.)"""
+    if request.transport is not None:
+        request.transport.close()
+    return response

@@ -8,6 +8,7 @@ import contextlib
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.pipeline import errors
 
@@ -37,7 +38,7 @@ async def proxy_websocket(
     request: web.BaseRequest,
     *,
     pool: UpstreamPool,
-    url: str,
+    url: URL,
     headers: CIMultiDict[str],
     request_id: str,
 ) -> web.StreamResponse:
@@ -51,7 +52,7 @@ async def proxy_websocket(
     upstream_headers = CIMultiDict(
         (k, v) for k, v in headers.items() if k.lower() not in _HANDSHAKE
     )
-    ws_url = "ws" + url.removeprefix("http")
+    ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
     try:
         async with pool.slot():
             upstream = await pool.session.ws_connect(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,8 +21,16 @@ def parse_scopes(claims: Mapping[str, Any], scope_claim: str = "scope") -> froze
 
 
 def is_number(value: Any) -> bool:
-    """A JSON number: RFC 7519 §2 NumericDate (booleans are not numbers here)."""
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A JSON number: RFC 7519 §2 NumericDate (booleans are not numbers here).
+
+    Only finite numbers that fit a float count: `1e400` parses as infinity (never expires), and
+    `exp + leeway` on an integer like 10**400 raises OverflowError (a 500, not a refusal)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def audiences(claims: Mapping[str, Any]) -> tuple[str, ...] | None:

@@ -12,19 +12,27 @@ import binascii
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jws
-from joserfc.errors import JoseError
+from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jws import JWSRegistry
 
 from ..decision import Denial, VerifiedToken
 from .claims import audiences, is_number, parse_scopes
 from .jwks import KeyStore, SigningKey
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+# Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
+# base64 decoding then silently drops, so two different strings would read as one segment.
+# joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
+# "Ed25519"; identity providers still sign with "EdDSA" and operators allow it explicitly in
+# `algorithms`, so the warning would only fill the logs, once per request.
+warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 # Headers we understand. `crit` naming anything is refused: we implement no extension (RFC 7515
 # §4.1.11), and `b64: false` (RFC 7797) would change what the signature covers.
 _KNOWN_CRIT: frozenset[str] = frozenset()
@@ -61,8 +69,21 @@ def issuer_keys(
         token_type=normalize_media_type(token_type) if token_type else None,
         scope_claim=scope_claim,
         keys=keys,
-        registry=JWSRegistry(algorithms=list(algorithms), strict_check_header=False),
+        registry=_registry(algorithms),
     )
+
+
+# joserfc refuses a header segment over 512 bytes (and a signature over 1024) as a bad
+# signature, so a good token whose issuer adds an `x5c` chain (ignored here, never trusted)
+# would fail. The whole token is already bounded by `max_token_bytes` before it gets here.
+_MAX_SEGMENT_BYTES = 64 * 1024
+
+
+def _registry(algorithms: Collection[str]) -> JWSRegistry:
+    registry = JWSRegistry(algorithms=list(algorithms), strict_check_header=False)
+    registry.max_header_length = _MAX_SEGMENT_BYTES
+    registry.max_signature_length = _MAX_SEGMENT_BYTES
+    return registry
 
 
 def normalize_media_type(value: str) -> str:
@@ -83,14 +104,22 @@ def _malformed(description: str = "the token is malformed") -> Denial:
 def _decode_segment(segment: str) -> dict[str, Any] | None:
     """A base64url (unpadded, RFC 7515 §2) JSON object, or None. Duplicate member names are
     refused (RFC 7515 §5.2) so that no two parsers can read different values."""
-    if not _SEGMENT.match(segment):
+    if not _SEGMENT.fullmatch(segment):
         return None
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+        value = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a few thousand `[` fit in `max_token_bytes` and exhaust the JSON
+        # parser's stack; that is a malformed token, not a server error.
         return None
     return value if isinstance(value, dict) else None
+
+
+def _no_constants(name: str) -> Any:
+    # `NaN` and `Infinity` are not JSON (RFC 8259 §6); Python accepts them by default, and an
+    # `exp` of NaN would compare as never expired.
+    raise ValueError(f"{name} is not JSON")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -121,7 +150,7 @@ class JwtVerifier:
         that every other reason can be reported too; see :meth:`lifetime_denial`.
         """
         parts = token.split(".")
-        if len(parts) != 3 or not parts[2] or not _SEGMENT.match(parts[2]):
+        if len(parts) != 3 or not _SEGMENT.fullmatch(parts[2]):
             # Five segments would be JWE; JSON serialisation has no dots at all: neither is
             # accepted (SPEC: compact JWS only).
             return _malformed()
