@@ -130,7 +130,8 @@ async def echo_upstream() -> AsyncIterator[Upstream]:
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         return await _echo_handler(upstream, request)
 
-    server = web.Server(handler)
+    # Like an operator's upstream behind a gateway that forwards 8 KiB tokens: long header lines.
+    server = web.Server(handler, max_field_size=16384, max_line_size=16384)
     runner = web.ServerRunner(server, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

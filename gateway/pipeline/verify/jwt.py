@@ -25,13 +25,13 @@ from ..decision import Denial, VerifiedToken
 from .claims import audiences, is_number, parse_scopes
 from .jwks import KeyStore, SigningKey
 
-# Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
-# base64 decoding then silently drops, so two different strings would read as one segment.
 # joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
 # "Ed25519"; identity providers still sign with "EdDSA" and operators allow it explicitly in
 # `algorithms`, so the warning would only fill the logs, once per request.
 warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
 
+# Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
+# base64 decoding then silently drops, so two different strings would read as one segment.
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 # Headers we understand. `crit` naming anything is refused: we implement no extension (RFC 7515
 # §4.1.11), and `b64: false` (RFC 7797) would change what the signature covers.
