@@ -368,3 +368,15 @@ async def test_a_jwks_file_over_one_mebibyte_is_a_fetch_error(tmp_path: Path) ->
     path.write_text(json.dumps({"keys": [RSA], "padding": "x" * (1024 * 1024)}))
     with pytest.raises(FetchError):
         await file_loader(path)()
+
+
+def test_keys_of_different_types_under_one_kid_are_all_kept() -> None:
+    from joserfc.jwk import ECKey, RSAKey
+
+    from gateway.pipeline.verify.jwks import KeyImporter
+
+    rsa = RSAKey.generate_key(2048, parameters={"kid": "shared"}).as_dict(private=False)
+    ec = ECKey.generate_key("P-256", parameters={"kid": "shared"}).as_dict(private=False)
+    keys, skipped = KeyImporter().key_set({"keys": [rsa, ec]})
+    assert skipped == []
+    assert [k.kty for k in keys.all_by_kid["shared"]] == ["RSA", "EC"]

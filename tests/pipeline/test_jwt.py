@@ -595,3 +595,30 @@ def test_a_good_token_with_any_other_signature_is_an_invalid_signature(
         return
     result = run_verify(f"{header}.{payload}.{b64url(signature)}")
     assert isinstance(result, Denial) and result.reason == "invalid_signature"
+
+
+async def test_a_token_whose_kid_is_shared_by_keys_of_two_types_is_checked_with_the_right_one() -> (
+    None
+):
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import ECKey, RSAKey
+
+    from gateway.observe.metrics import Metrics
+    from gateway.pipeline.decision import VerifiedToken
+    from gateway.pipeline.verify.jwks import KeyStore
+    from gateway.pipeline.verify.jwt import JwtVerifier, issuer_keys
+
+    rsa = RSAKey.generate_key(2048, parameters={"kid": "shared"})
+    ec = ECKey.generate_key("P-256", parameters={"kid": "shared"})
+    document = {"keys": [rsa.as_dict(private=False), ec.as_dict(private=False)]}
+
+    async def load() -> object:
+        return document
+
+    store = KeyStore("corp", load, min_refetch_interval=30, metrics=Metrics())
+    await store.refresh()
+    keys = issuer_keys("corp", "https://shared.test", ["RS256", "ES256"], 0, None, "scope", store)
+    verifier = JwtVerifier({"corp": keys})
+    claims = {"iss": "https://shared.test", "sub": "a", "exp": 4102444800}
+    token = jose_jwt.encode({"alg": "ES256", "kid": "shared"}, claims, ec)
+    assert isinstance(await verifier.verify(token), VerifiedToken)

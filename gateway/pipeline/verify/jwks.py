@@ -67,11 +67,17 @@ class KeySet:
 
     keys: tuple[SigningKey, ...] = ()
     by_kid: Mapping[str, SigningKey] = field(default_factory=dict)
+    # Some identity providers publish keys of different types under one kid.
+    all_by_kid: Mapping[str, tuple[SigningKey, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, keys: Iterable[SigningKey]) -> KeySet:
         keys = tuple(keys)
-        return cls(keys, {k.kid: k for k in keys if k.kid is not None})
+        grouped: dict[str, tuple[SigningKey, ...]] = {}
+        for key in keys:
+            if key.kid is not None:
+                grouped[key.kid] = (*grouped.get(key.kid, ()), key)
+        return cls(keys, {kid: group[0] for kid, group in grouped.items()}, grouped)
 
     def candidates(self, alg: str) -> list[SigningKey]:
         """Keys that could have signed a token with ``alg`` and no ``kid``."""

@@ -211,15 +211,16 @@ class JwtVerifier:
     ) -> list[SigningKey] | Denial:
         store = issuer.keys
         if kid is not None:
-            key = store.keys.by_kid.get(kid)
-            if key is None:
+            named = store.keys.all_by_kid.get(kid)
+            if named is None:
                 await store.refresh_for_unknown_kid()
-                key = store.keys.by_kid.get(kid)
-            if key is None:
+                named = store.keys.all_by_kid.get(kid)
+            if named is None:
                 return _no_key(store)
-            if not key.can_verify(alg):
+            usable = [key for key in named if key.can_verify(alg)]
+            if not usable:
                 return Denial("disallowed_alg", "the token's algorithm does not match its key")
-            return [key]
+            return usable
         candidates = store.keys.candidates(alg)
         if not candidates:
             await store.refresh_for_unknown_kid()
