@@ -155,8 +155,8 @@ class Gateway:
 
     async def _handle(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:
         rid = exchange.request_id
-        raw_path, _, query = request.raw_path.partition("?")
-        raw_path = raw_path.partition("#")[0]
+        # The fragment goes first: in "/a#x?y=1" everything after "#" is fragment, not query.
+        raw_path, _, query = request.raw_path.partition("#")[0].partition("?")
         try:
             exchange.path = path = normalize_path(raw_path)
         except AmbiguousPath as error:
