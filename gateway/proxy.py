@@ -4,6 +4,7 @@ forward -> observe. Each step lives in its own module; this one only puts them i
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,9 @@ _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
 _FORM = "application/x-www-form-urlencoded"
+# A form body on a protected route is read whole to look for a second token (RFC 6750 §2.2):
+# larger urlencoded forms are refused with 413 rather than buffered.
+FORM_SCAN_BYTES = 1024 * 1024
 JWKS_TIMEOUT = 5.0
 
 
@@ -211,28 +215,30 @@ class Gateway:
     ) -> tuple[Identity, bytes | None] | web.StreamResponse:
         """Extract, verify and authorise the token; returns the identity (and the form body
         if one had to be read to look for a second token), or the refusal."""
-        assert route.requirement is not None
-        body: bytes | None = None
         # Parsed, never searched as text: ``access%5Ftoken`` is the same name once decoded, and
         # an upstream that reads it would take a token the gateway never checked.
         in_query = bool(query) and _has_param(query, "access_token")
-        if not in_query and request.content_type == _FORM and request.body_exists:
-            await _send_continue(request)
-            body = await _read_limited(request, route.max_body_bytes)
-            if body is None:
-                return errors.too_large(exchange.request_id)
-            in_query = _has_param(body.decode("latin-1"), "access_token")
         extracted = extract_bearer(
             request.headers.getall("Authorization", []),
             query_has_token=in_query,
             max_token_bytes=self.max_token_bytes,
         )
         result: Identity | Denial
+        body: bytes | None = None
         if isinstance(extracted, BearerToken):
             exchange.token = extracted.value
             result = await self.check_token(extracted.value, route)
         else:
             result = extracted
+        # Only an authorised caller gets its form body read (bounded), so that an anonymous
+        # client cannot make the gateway buffer anything.
+        if isinstance(result, Identity) and request.content_type == _FORM and request.body_exists:
+            await _send_continue(request)
+            body = await _read_limited(request, min(route.max_body_bytes, FORM_SCAN_BYTES))
+            if body is None:
+                return errors.too_large(exchange.request_id)
+            if _has_param(body.decode("latin-1"), "access_token"):
+                result = Denial("invalid_request", "the token was sent in more than one place")
         if isinstance(result, Denial):
             exchange.denial = result
             self.metrics.auth_decisions.labels(route.name, "deny", result.reason).inc()
@@ -369,10 +375,16 @@ class Gateway:
         self.metrics.request_duration.labels(route).observe(elapsed)
         if exchange.upstream_seconds is not None:
             self.metrics.upstream_duration.labels(route).observe(exchange.upstream_seconds)
+        # A log line that cannot be written (stdout closed, a full pipe) must not fail the
+        # request it describes.
+        with contextlib.suppress(OSError, ValueError):
+            self._log_request(request, exchange, status, elapsed)
+
+    def _log_request(
+        self, request: web.BaseRequest, exchange: Exchange, status: int, elapsed: float
+    ) -> None:
         identity = exchange.identity
-        result = None
-        if exchange.route is not None and exchange.route.requirement is not None:
-            result = "deny" if exchange.denial is not None or identity is None else "allow"
+        result = "deny" if exchange.denial is not None else "allow" if identity else None
         log.info(
             "request",
             request_id=exchange.request_id,
