@@ -4,6 +4,7 @@ forward -> observe. Each step lives in its own module; this one only puts them i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
@@ -80,11 +81,16 @@ class Gateway:
         issuers: dict[str, IssuerKeys] = {}
         for name, source in compiled.issuers.items():
             config = source.config
+            remote = source.jwks_file is None
             store = KeyStore(
                 name,
                 self._loader(source.config, source.jwks_file),
                 min_refetch_interval=config.jwks.min_refetch_interval,
                 metrics=metrics,
+                # A key file is read again only with the configuration; remote keys are
+                # refreshed in the background and age out after `max_stale`.
+                refresh_interval=config.jwks.refresh_interval if remote else None,
+                max_stale=config.jwks.max_stale if remote else None,
             )
             if config.jwks_uri or config.jwks_file or config.discovery:
                 self.key_stores[name] = store
@@ -123,11 +129,14 @@ class Gateway:
         )
 
     async def start(self) -> None:
-        """Load every issuer's keys once (failures are logged; readiness reports them)."""
+        """Load every issuer's keys once (failures are logged; readiness reports them), then
+        keep them fresh in the background."""
+        await asyncio.gather(*(store.refresh() for store in self.key_stores.values()))
         for store in self.key_stores.values():
-            await store.refresh()
+            store.start_background_refresh()
 
     async def close(self) -> None:
+        await asyncio.gather(*(store.close() for store in self.key_stores.values()))
         await self.upstreams.close()
         if self._http is not None:
             await self._http.close()

@@ -10,12 +10,14 @@ JWKS download amplifier.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
@@ -159,8 +161,29 @@ def file_loader(path: Path) -> JwksLoader:
     return load
 
 
+class KeySource(Protocol):
+    """What the verifier needs of an issuer's keys. :class:`KeyStore` is the in-process one; a
+    store shared between worker processes could stand in for it."""
+
+    @property
+    def loaded(self) -> bool: ...
+
+    @property
+    def stale(self) -> bool: ...
+
+    @property
+    def keys(self) -> KeySet: ...
+
+    async def refresh_for_unknown_kid(self) -> None: ...
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
 class KeyStore:
-    """An issuer's keys: loaded at start, fetched again for an unknown ``kid`` (throttled)."""
+    """An issuer's keys: loaded at start, refreshed in the background every
+    ``refresh_interval`` (with jitter), fetched again for an unknown ``kid`` (throttled, single
+    flight), and served while the identity provider is down for at most ``max_stale``."""
 
     def __init__(
         self,
@@ -169,22 +192,41 @@ class KeyStore:
         *,
         min_refetch_interval: float,
         metrics: Metrics,
+        refresh_interval: float | None = None,
+        max_stale: float | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        jitter: Callable[[], float] = lambda: random.uniform(0.9, 1.1),
     ) -> None:
         self.issuer = issuer
         self._loader = loader
         self._min_refetch_interval = min_refetch_interval
+        self._refresh_interval = refresh_interval
+        self._max_stale = max_stale
         self._metrics = metrics
         self._monotonic = monotonic
+        self._sleep = sleep
+        self._jitter = jitter
         self._importer = KeyImporter()
         self._keys: KeySet | None = None
+        self._loaded_at: float | None = None
         self._last_attempt: float | None = None
+        self._last_failed = False
         self._inflight: asyncio.Task[None] | None = None
+        self._background: asyncio.Task[None] | None = None
 
     @property
     def loaded(self) -> bool:
         """Whether keys were loaded at least once (SPEC §5 readiness)."""
         return self._keys is not None
+
+    @property
+    def stale(self) -> bool:
+        """Whether the last good keys are older than ``max_stale``: then tokens cannot be
+        checked (503), since the identity provider may have revoked those keys meanwhile."""
+        if self._max_stale is None or self._loaded_at is None:
+            return False
+        return self._monotonic() - self._loaded_at > self._max_stale
 
     @property
     def keys(self) -> KeySet:
@@ -196,14 +238,21 @@ class KeyStore:
         try:
             document = await self._loader()
             keys, skipped = self._importer.key_set(document)
+            if not keys.keys:
+                # Never replace good keys with nothing: an empty or wholly broken set is an
+                # identity provider fault, not a rotation.
+                raise FetchError("the JWKS holds no usable signing key")
         except FetchError as error:
+            self._last_failed = True
             self._metrics.jwks_fetches.labels(self.issuer, "error").inc()
             log.warning("jwks_fetch_failed", issuer=self.issuer, error=str(error))
             return
+        self._last_failed = False
         self._metrics.jwks_fetches.labels(self.issuer, "ok").inc()
         if skipped:
             log.warning("jwks_keys_skipped", issuer=self.issuer, skipped=skipped)
         self._keys = keys
+        self._loaded_at = self._monotonic()
         self._metrics.jwks_keys.labels(self.issuer).set(len(keys.keys))
         log.info("jwks_loaded", issuer=self.issuer, keys=len(keys.keys))
 
@@ -218,6 +267,11 @@ class KeyStore:
             )
             if recent:
                 return
+        await self._shared_refresh()
+
+    async def _shared_refresh(self) -> None:
+        """Join the fetch in flight, or start one (single flight)."""
+        if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._refresh_once())
         await asyncio.shield(self._inflight)
 
@@ -226,3 +280,29 @@ class KeyStore:
             await self.refresh()
         finally:
             self._inflight = None
+
+    def next_refresh_delay(self) -> float:
+        """Seconds until the next background refresh: ``refresh_interval`` with ±10% jitter
+        (so replicas do not fetch in step), sooner after a failure."""
+        assert self._refresh_interval is not None
+        interval = self._refresh_interval
+        if self._last_failed or not self.loaded:
+            interval = min(interval, max(self._min_refetch_interval, 5.0))
+        return interval * self._jitter()
+
+    async def run_refresh_loop(self) -> None:
+        """Refresh in the background until cancelled; never on a request's path."""
+        while True:
+            await self._sleep(self.next_refresh_delay())
+            await self._shared_refresh()
+
+    def start_background_refresh(self) -> None:
+        if self._refresh_interval is not None and self._background is None:
+            self._background = asyncio.ensure_future(self.run_refresh_loop())
+
+    async def close(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None

@@ -23,7 +23,7 @@ from joserfc.jws import JWSRegistry
 
 from ..decision import Denial, VerifiedToken
 from .claims import audiences, is_number, parse_scopes
-from .jwks import KeyStore, SigningKey
+from .jwks import KeySource, SigningKey
 
 # joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
 # "Ed25519"; identity providers still sign with "EdDSA" and operators allow it explicitly in
@@ -48,7 +48,7 @@ class IssuerKeys:
     leeway: float
     token_type: str | None
     scope_claim: str
-    keys: KeyStore
+    keys: KeySource
     registry: JWSRegistry
 
 
@@ -59,7 +59,7 @@ def issuer_keys(
     leeway: float,
     token_type: str | None,
     scope_claim: str,
-    keys: KeyStore,
+    keys: KeySource,
 ) -> IssuerKeys:
     return IssuerKeys(
         name=name,
@@ -210,6 +210,10 @@ class JwtVerifier:
         self, issuer: IssuerKeys, kid: str | None, alg: str
     ) -> list[SigningKey] | Denial:
         store = issuer.keys
+        if store.stale:
+            # Past `max_stale` without a good fetch: the token may be good, but the keys may
+            # have been revoked meanwhile (SPEC §3 `max_stale`: 503, never 401).
+            return Denial("unavailable", "the issuer's keys are out of date", retry_after=5)
         if kid is not None:
             named = store.keys.all_by_kid.get(kid)
             if named is None:
@@ -253,7 +257,7 @@ class JwtVerifier:
         return None
 
 
-def _no_key(store: KeyStore) -> Denial:
+def _no_key(store: KeySource) -> Denial:
     if not store.loaded:
         # The token may be good: we just cannot check it now (SPEC §4: 503, never 401).
         return Denial("unavailable", "the issuer's keys cannot be loaded now", retry_after=5)
