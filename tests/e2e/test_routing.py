@@ -195,6 +195,8 @@ async def test_other_escapes_reach_the_upstream_upper_cased_not_decoded(routed: 
         "/orders/a%00b",
         "/../orders/a",
         "/orders/../../orders/a",
+        "/orders;jsessionid=x/a",
+        "/orders/..;/admin",
         "/orders/%2E%2E/%2e%2e/x",
     ],
     ids=["encoded-slash", "encoded-slash-lower", "encoded-backslash", "nul", "dotdot-at-root",
