@@ -200,7 +200,7 @@ async def test_other_escapes_reach_the_upstream_upper_cased_not_decoded(routed: 
         "/orders/%2E%2E/%2e%2e/x",
     ],
     ids=["encoded-slash", "encoded-slash-lower", "encoded-backslash", "nul", "dotdot-at-root",
-         "dotdot-above-root", "encoded-dotdot-above-root"],
+         "dotdot-above-root", "path-parameter", "dotdot-parameter", "encoded-dotdot-above-root"],
 )  # fmt: skip
 async def test_an_ambiguous_path_gets_400_and_is_never_forwarded(
     routed: Routed, target: str

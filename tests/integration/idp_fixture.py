@@ -18,7 +18,8 @@ What the provider offers (see the header of ``provider.mjs`` for details):
   last path segment is ``rs256`` / ``es256`` / ``eddsa`` (RS256 otherwise);
 * the scopes in :data:`ALLOWED_SCOPES`; other requested scopes are dropped;
 * access token lifetime 600 s;
-* test-only endpoints to mint an ID token and to rotate / retire the keys.
+* test-only endpoints to mint an ID token, to rotate / retire the keys, and to
+  count the JWKS and discovery documents served (:meth:`OpenIdProvider.jwks_requests`).
 """
 
 from __future__ import annotations
@@ -250,6 +251,15 @@ class OpenIdProvider:
     def key_state(self) -> dict[str, list[str]]:
         """``{"signing": [kids], "published": [kids]}``."""
         return self._get_json("/test/keys")
+
+    def stats(self) -> dict[str, int]:
+        """``{"jwks_requests": N, "discovery_requests": M}``: documents served since start
+        (the fixture's own :meth:`jwks` and start-up discovery count too)."""
+        return {key: int(value) for key, value in self._get_json("/test/stats").items()}
+
+    def jwks_requests(self) -> int:
+        """How many times the provider has served its JWKS so far."""
+        return self.stats()["jwks_requests"]
 
     # -- lifecycle ---------------------------------------------------------------------------
 

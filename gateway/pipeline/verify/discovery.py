@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -12,7 +13,18 @@ from .jwks import JwksLoader
 
 SessionProvider = Callable[[], aiohttp.ClientSession]
 
-WELL_KNOWN = ("/.well-known/openid-configuration", "/.well-known/oauth-authorization-server")
+OPENID_CONFIGURATION = "/.well-known/openid-configuration"
+OAUTH_AUTHORIZATION_SERVER = "/.well-known/oauth-authorization-server"
+
+
+def metadata_urls(issuer: str) -> tuple[str, str]:
+    """Where the issuer's metadata may be: OpenID Connect Discovery §4 appends its well-known
+    path to the issuer; RFC 8414 §3.1 inserts its own between the host and the issuer's path
+    (``https://idp/tenant`` -> ``https://idp/.well-known/oauth-authorization-server/tenant``)."""
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    rfc8414 = urlunsplit((parts.scheme, parts.netloc, OAUTH_AUTHORIZATION_SERVER + path, "", ""))
+    return issuer.rstrip("/") + OPENID_CONFIGURATION, rfc8414
 
 
 async def discover(
@@ -22,14 +34,14 @@ async def discover(
     if reason := plain_http_refused(issuer, allow_http):
         raise FetchError(f"discovery for {issuer}: {reason}")
     errors: list[str] = []
-    for suffix in WELL_KNOWN:
+    for url in metadata_urls(issuer):
         try:
-            document = await fetch_json(session, issuer.rstrip("/") + suffix, timeout=timeout)
+            document = await fetch_json(session, url, timeout=timeout)
         except FetchError as error:
             errors.append(str(error))
             continue
         if not isinstance(document, dict):
-            errors.append(f"{suffix} is not a JSON object")
+            errors.append(f"{url} is not a JSON object")
             continue
         # RFC 8414 §3.3 (mix-up defence): the document must be about the issuer we asked for.
         if document.get("issuer") != issuer:

@@ -69,5 +69,7 @@ async def fetch_json(
         raise FetchError(f"cannot fetch {url}: {type(error).__name__}: {error}") from error
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        # RecursionError: a few thousand `[` (far below 1 MiB) exhaust the parser's stack; that
+        # is a broken document, and must not escape as anything but a failed fetch.
         raise FetchError(f"document from {url} is not JSON") from error

@@ -102,14 +102,17 @@ class KeyImporter:
         for index, jwk in enumerate(document["keys"]):
             try:
                 imported = self._import(jwk)
-            except (JoseError, ValueError, TypeError, KeyError) as error:
+            except (JoseError, ValueError, TypeError, KeyError, RecursionError) as error:
                 skipped.append(f"key {index}: {type(error).__name__}")
                 continue
             if imported is None:
                 continue
             keys.append(imported)
             seen[_canonical(jwk)] = imported
-        self._imported = seen  # forget keys that are no longer published
+        if keys:
+            # Forget keys that are no longer published; but a set with no usable key is refused
+            # by the store, and must not make the next good fetch import every key again.
+            self._imported = seen
         return KeySet.of(keys), skipped
 
     def _import(self, jwk: Any) -> SigningKey | None:
@@ -155,7 +158,7 @@ def file_loader(path: Path) -> JwksLoader:
             raise FetchError(f"{path} is larger than 1 MiB")
         try:
             return json.loads(text)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise FetchError(f"{path} is not JSON") from error
 
     return load
@@ -243,9 +246,14 @@ class KeyStore:
                 # identity provider fault, not a rotation.
                 raise FetchError("the JWKS holds no usable signing key")
         except FetchError as error:
-            self._last_failed = True
-            self._metrics.jwks_fetches.labels(self.issuer, "error").inc()
+            self._fetch_failed()
             log.warning("jwks_fetch_failed", issuer=self.issuer, error=str(error))
+            return
+        except Exception:
+            # The document comes from outside: whatever it provokes (a bug here, or in a library)
+            # must cost one failed fetch, not start-up, the refresh loop, or the last good keys.
+            self._fetch_failed()
+            log.exception("jwks_fetch_failed", issuer=self.issuer)
             return
         self._last_failed = False
         self._metrics.jwks_fetches.labels(self.issuer, "ok").inc()
@@ -255,6 +263,10 @@ class KeyStore:
         self._loaded_at = self._monotonic()
         self._metrics.jwks_keys.labels(self.issuer).set(len(keys.keys))
         log.info("jwks_loaded", issuer=self.issuer, keys=len(keys.keys))
+
+    def _fetch_failed(self) -> None:
+        self._last_failed = True
+        self._metrics.jwks_fetches.labels(self.issuer, "error").inc()
 
     async def refresh_for_unknown_kid(self) -> None:
         """Fetch again because a token named a key we do not have: at most once per
@@ -286,6 +298,11 @@ class KeyStore:
         (so replicas do not fetch in step), sooner after a failure."""
         assert self._refresh_interval is not None
         interval = self._refresh_interval
+        if self._max_stale is not None:
+            # Fetch well before the keys would age out: with `max_stale` below
+            # `refresh_interval`, every token would get 503 for part of each interval while the
+            # identity provider is perfectly healthy.
+            interval = min(interval, self._max_stale / 2)
         if self._last_failed or not self.loaded:
             interval = min(interval, max(self._min_refetch_interval, 5.0))
         return interval * self._jitter()

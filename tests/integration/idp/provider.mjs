@@ -47,6 +47,9 @@
 //   POST /test/retire -> stop publishing the previous key set.
 //   GET  /test/keys   -> current key state, without changing it.
 //   All three reply {"signing": [kids...], "published": [kids...]}.
+//   GET  /test/stats  -> {"jwks_requests": N, "discovery_requests": M}: how many
+//        JWKS and discovery documents were served since start (counted before
+//        the provider answers), so tests can count a gateway's fetches.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -58,6 +61,9 @@ const CLIENT_SECRET = 'gateway-tests-secret';
 const ACCESS_TOKEN_TTL = 600;
 const ID_TOKEN_TTL = 600;
 const DEFAULT_RESOURCE = 'https://api.example.test/rs256';
+// oidc-provider's default; named here so that /test/stats counts the right path.
+const JWKS_PATH = '/jwks';
+const DISCOVERY_PATH = '/.well-known/openid-configuration';
 
 export const ALLOWED_SCOPES = [
   'read',
@@ -156,6 +162,7 @@ function isAcceptableResource(resource) {
 function buildProvider(issuer, keys) {
   const provider = new Provider(issuer, {
     clients: CLIENTS,
+    routes: { jwks: JWKS_PATH },
     jwks: { keys },
     // Only used for keygrip-signed cookies of user flows we never run.
     cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
@@ -234,6 +241,7 @@ async function main() {
   let signingKeys = generateKeySet();
   let previousKeys = [];
   let issuer = null;
+  const stats = { jwks_requests: 0, discovery_requests: 0 };
 
   const publicKids = () => [...signingKeys, ...previousKeys].map((k) => k.kid);
   const rebuild = () => {
@@ -271,6 +279,10 @@ async function main() {
       sendJson(res, 200, keyState());
       return true;
     }
+    if (req.method === 'GET' && url.pathname === '/test/stats') {
+      sendJson(res, 200, stats);
+      return true;
+    }
     return false;
   };
 
@@ -286,6 +298,8 @@ async function main() {
       sendJson(res, 503, { error: 'starting' });
       return;
     }
+    if (req.method === 'GET' && url.pathname === JWKS_PATH) stats.jwks_requests += 1;
+    if (req.method === 'GET' && url.pathname === DISCOVERY_PATH) stats.discovery_requests += 1;
     handler(req, res);
   });
   server.keepAliveTimeout = 1000;
