@@ -177,7 +177,12 @@ def _configure_logs(log_format: str, level: str) -> None:
 def _run(compiled: CompiledConfig, args: argparse.Namespace) -> int:
     from gateway.server import GatewayServer, serve_forever
 
+    from gateway.observe.logs import get_logger
+
     _configure_logs(args.log_format, args.log_level)
+    log = get_logger("gateway.config")
+    for warning in compiled.warnings:
+        log.warning("config_warning", problem=warning.describe(args.config))
     with contextlib.suppress(ImportError):
         import uvloop
 

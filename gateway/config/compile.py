@@ -125,6 +125,7 @@ class _Compiler:
 
     def run(self) -> CompiledConfig:
         config = self.config
+        self.not_yet_supported()
         issuers = {name: self.issuer(name, issuer) for name, issuer in config.issuers.items()}
         for name, upstream in config.upstreams.items():
             target = self.upstream_target(("upstreams", name, "url"), name, upstream)
@@ -151,6 +152,32 @@ class _Compiler:
             trusted_proxies=config.trusted_proxies,
             warnings=[p for p in self.problems if p.severity == "warning"],
         )
+
+    def not_yet_supported(self) -> None:
+        """Settings of the contract this version does not implement yet. Those that would make
+        the gateway more permissive if ignored (DPoP, introspection) are errors, so that no
+        configuration fails open; the others are warnings."""
+        config = self.config
+        later = "is not supported by this version yet"
+        for name, issuer in config.issuers.items():
+            if issuer.introspection is not None:
+                self.error(("issuers", name, "introspection"), f"introspection {later}")
+            if issuer.validation != "auto":
+                self.error(("issuers", name, "validation"), f"validation: introspect {later}")
+            if issuer.dpop != "disabled":
+                self.error(("issuers", name, "dpop"), f"DPoP {later}")
+        for index, route in enumerate(config.routes):
+            auth = route.auth
+            if isinstance(auth, Auth) and auth.dpop not in (None, "disabled"):
+                self.error(("routes", index, "auth", "dpop"), f"DPoP {later}")
+        if config.cache is not None:
+            self.warn(("cache",), f"a shared cache {later}: each process keeps its own")
+        if config.protected_resources:
+            self.warn(("protected_resources",), f"protected-resource metadata {later}")
+        if config.decide is not None:
+            self.warn(("decide",), f"the forward-auth decision endpoint {later}")
+        if config.workers != 1:
+            self.warn(("workers",), f"several worker processes {later}: one process serves")
 
     def issuer(self, name: str, issuer: Issuer) -> IssuerSource:
         path: KeyPath = ("issuers", name)

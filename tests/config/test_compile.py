@@ -220,8 +220,10 @@ routes:
     upstream: http://orders.internal:8000
 """,
     ) == [
+        "line 5: error: issuers.corp.introspection: introspection is not supported by this"
+        " version yet",
         "line 6: error: issuers.corp.introspection.endpoint: plain http is only allowed for"
-        " loopback hosts unless allow_http is true"
+        " loopback hosts unless allow_http is true",
     ]
 
 
@@ -438,3 +440,57 @@ def test_compile_config_on_loaded_text_reports_problems_without_lines(tmp_path: 
     [problem] = caught.value.problems
     assert problem.path == ("routes", 0, "upstream")
     assert loaded.source_map.line_of(problem.path) == 2
+
+
+NOT_YET_BASE = """\
+issuers:
+  corp:
+    issuer: https://idp.example.com
+    jwks_uri: https://idp.example.com/jwks
+    audiences: [https://api.example.test]
+{issuer_extra}
+routes:
+  - name: orders
+    match: {{path: /orders}}
+    upstream: http://orders.internal:8000
+{route_extra}
+{top_extra}
+"""
+
+
+@pytest.mark.parametrize(
+    ("issuer_extra", "route_extra", "expected"),
+    [
+        ("    dpop: required", "", "line 6: error: issuers.corp.dpop: DPoP is not supported"),
+        ("    validation: introspect", "", "line 6: error: issuers.corp.validation: validation"),
+        ("", "    auth: {dpop: required}", "line 11: error: routes[0].auth.dpop: DPoP is not"),
+    ],
+    ids=["issuer-dpop", "validation-introspect", "route-dpop"],
+)
+def test_a_setting_that_would_fail_open_if_ignored_is_an_error_until_supported(
+    tmp_path: Path, issuer_extra: str, route_extra: str, expected: str
+) -> None:
+    text = NOT_YET_BASE.format(issuer_extra=issuer_extra, route_extra=route_extra, top_extra="")
+    found = problems(tmp_path, text)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+@pytest.mark.parametrize(
+    ("top_extra", "expected"),
+    [
+        ("cache: {redis: {url: 'redis://127.0.0.1:6379/0'}}", "warning: cache: a shared cache"),
+        ("decide: {listen: '127.0.0.1:9902'}", "warning: decide: the forward-auth decision"),
+        ("workers: 4", "warning: workers: several worker processes"),
+        (
+            "protected_resources: [{resource: 'https://api.example.test'}]",
+            "warning: protected_resources: protected-resource metadata",
+        ),
+    ],
+    ids=["cache", "decide", "workers", "protected-resources"],
+)
+def test_a_setting_not_supported_yet_that_cannot_fail_open_is_a_warning(
+    tmp_path: Path, top_extra: str, expected: str
+) -> None:
+    text = NOT_YET_BASE.format(issuer_extra="", route_extra="", top_extra=top_extra)
+    found = problems(tmp_path, text)
+    assert len(found) == 1 and expected in found[0], found
