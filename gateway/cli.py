@@ -175,9 +175,8 @@ def _configure_logs(log_format: str, level: str) -> None:
 
 
 def _run(compiled: CompiledConfig, args: argparse.Namespace) -> int:
-    from gateway.server import GatewayServer, serve_forever
-
     from gateway.observe.logs import get_logger
+    from gateway.server import GatewayServer, serve_forever
 
     _configure_logs(args.log_format, args.log_level)
     log = get_logger("gateway.config")

@@ -162,6 +162,20 @@ class Gateway:
         try:
             response = await self._handle(request, exchange)
             return response
+        except (asyncio.CancelledError, ConnectionResetError):
+            raise
+        except Exception:
+            # A bug must cost one request a 500 (counted and logged as one), never the process.
+            log.exception("request_failed", request_id=exchange.request_id)
+            if request.writer is not None and request.writer.output_size > 0:
+                # A response is already on the wire: a second status line would be read as its
+                # body. Re-raising lets aiohttp close the connection instead.
+                raise
+            response = errors.error_response(
+                500, "server_error", "the gateway failed this request", exchange.request_id
+            )
+            response.headers["X-Request-Id"] = exchange.request_id
+            return response
         finally:
             self.metrics.inflight.dec()
             self._observe(request, exchange, response)

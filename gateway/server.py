@@ -17,7 +17,6 @@ from gateway.admin import admin_app
 from gateway.config.compile import CompiledConfig
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
-from gateway.pipeline import errors
 from gateway.proxy import Gateway
 
 log = get_logger("gateway.server")
@@ -65,27 +64,11 @@ class GatewayServer:
             reasons.insert(0, "shutting down")
         return reasons
 
-    async def _safe_handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            return await self.gateway.handle(request)
-        except (asyncio.CancelledError, ConnectionResetError):
-            raise
-        except Exception:
-            # A bug must cost one request a 500, never the process.
-            log.exception("request_failed")
-            if request.writer is not None and request.writer.output_size > 0:
-                # A response is already on the wire: a second status line would be read as its
-                # body. Re-raising lets aiohttp close the connection instead.
-                raise
-            return errors.error_response(
-                500, "server_error", "the gateway failed to handle this request", "-"
-            )
-
     async def start(self) -> None:
         await self.gateway.start()
         field_limit = self.compiled.config.limits.max_token_bytes + HEADER_OVERHEAD
         public = web.Server(
-            self._safe_handle,
+            self.gateway.handle,
             max_field_size=max(8190, field_limit),
             max_line_size=max(8190, field_limit),
         )

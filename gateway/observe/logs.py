@@ -40,6 +40,10 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
     )
     # aiohttp's own loggers would print request lines with query strings: keep them quiet.
     logging.getLogger("aiohttp.access").disabled = True
+    # aiohttp's server logger quotes the offending raw header line of a request it cannot parse
+    # (an Authorization header with a stray control byte, say): that would put a token in the
+    # logs. The gateway logs its own failures itself.
+    logging.getLogger("aiohttp.server").disabled = True
     logging.basicConfig(
         stream=sys.stdout, level=max(numeric, logging.WARNING), format="%(message)s"
     )

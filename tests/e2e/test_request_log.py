@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
 
 from gateway.observe.logs import configure_logging, token_fingerprint
 from tests.e2e.conftest import Stack
+from tests.e2e.process import gateway_process
+from tests.support import write_config
+
+PROCESS_CONFIG = """\
+listen: 127.0.0.1:0
+admin: {{listen: "127.0.0.1:0"}}
+routes:
+  - name: status
+    match: {{path: /status}}
+    upstream: http://127.0.0.1:9
+    auth: public
+"""
 
 FIELDS = {
     "request_id", "method", "path", "route", "status", "duration_ms", "upstream_ms", "result",
@@ -63,3 +77,28 @@ async def test_a_denied_request_logs_its_reason_and_never_the_token_from_the_que
     assert event["result"] == "deny"
     assert event["reason"] == "invalid_request"
     assert token not in output
+
+
+async def test_a_request_the_http_parser_rejects_never_puts_its_token_in_the_logs(
+    tmp_path: Path,
+) -> None:
+    """aiohttp quotes the raw header line of a request it cannot parse; the gateway's logs
+    must not, even at debug level."""
+    secret = "eyJTOKENSECRETPART.eyJpayload.c2lnbmF0dXJl"
+    config = write_config(tmp_path, PROCESS_CONFIG)
+    log = tmp_path / "gateway.log"
+    async with gateway_process(config, log, ["--log-level", "debug"]) as gateway:
+        for line in (
+            f"Authorization: Bearer {secret}\x01",
+            f"Authorization : Bearer {secret}",
+            f"X-Note: {secret}\x7f",
+        ):
+            head = f"GET /status HTTP/1.1\r\nHost: gw\r\n{line}\r\n\r\n".encode("latin-1")
+            host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(head)
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+            assert status_line.split()[1] == b"400"
+    assert "TOKENSECRETPART" not in log.read_text(errors="replace")
