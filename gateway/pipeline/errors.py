@@ -39,9 +39,8 @@ def _challenge(denial: Denial) -> tuple[str, str | None]:
         # RFC 6750 §3.1: no error code when the request carried no credentials at all.
         return "missing_token", f'Bearer realm="{REALM}"'
     if reason == "invalid_request":
-        return "invalid_request", (
-            f'Bearer error="invalid_request", error_description="{_quoted(denial.description)}"'
-        )
+        # Exactly SPEC §4's form; the body's error_description says what was wrong.
+        return "invalid_request", 'Bearer error="invalid_request"'
     if reason == "insufficient_scope":
         scope = " ".join(dict.fromkeys(denial.required_scopes))
         return "insufficient_scope", f'Bearer error="insufficient_scope", scope="{_quoted(scope)}"'

@@ -94,7 +94,7 @@ async def roomy_stack(tmp_path: Path, issuer: TokenIssuer) -> AsyncIterator[Stac
 
 async def assert_invalid_request(stack: Stack, response: Any, route: str) -> None:
     assert response.status == 400
-    assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_request", ')
+    assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_request"'
     body = await response.json()
     assert set(body) == {"error", "error_description", "request_id"}
     assert body["error"] == "invalid_request"
