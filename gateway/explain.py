@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, Identity
-from gateway.pipeline.extract import BearerToken, extract_bearer
+from gateway.pipeline.extract import BearerToken, carries_access_token, extract_bearer
 from gateway.pipeline.identity import identity_headers
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import MethodNotAllowed
@@ -105,10 +105,11 @@ async def _explain(gateway: Gateway, method: str, url: str, token: str | None) -
     requires = requirements_of(route, gateway)
     if route.requirement is None:
         return Explanation(route.name, requires, "allow", notes=["public route: no token needed"])
-    if token is None:
-        return Explanation(route.name, requires, "deny", ["missing_token"])
+    in_query = carries_access_token(parts.query)
     extracted = extract_bearer(
-        [f"Bearer {token}"], query_has_token=False, max_token_bytes=gateway.max_token_bytes
+        [f"Bearer {token}"] if token is not None else [],
+        query_has_token=in_query,
+        max_token_bytes=gateway.max_token_bytes,
     )
     if not isinstance(extracted, BearerToken):
         return Explanation(route.name, requires, "deny", [extracted.reason])

@@ -9,7 +9,6 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl
 
 import aiohttp
 from aiohttp import web
@@ -22,7 +21,13 @@ from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics
 from gateway.pipeline import errors
 from gateway.pipeline.authorize import Authorizer
 from gateway.pipeline.decision import Denial, Identity
-from gateway.pipeline.extract import BearerToken, extract_bearer
+from gateway.pipeline.extract import (
+    FORM_CONTENT_TYPE,
+    FORM_SCAN_BYTES,
+    BearerToken,
+    carries_access_token,
+    extract_bearer,
+)
 from gateway.pipeline.identity import identity_headers
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import Match, MethodNotAllowed
@@ -47,10 +52,6 @@ log = get_logger("gateway")
 _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
-_FORM = "application/x-www-form-urlencoded"
-# A form body on a protected route is read whole to look for a second token (RFC 6750 §2.2):
-# larger urlencoded forms are refused with 413 rather than buffered.
-FORM_SCAN_BYTES = 1024 * 1024
 JWKS_TIMEOUT = 5.0
 
 
@@ -240,7 +241,7 @@ class Gateway:
         if one had to be read to look for a second token), or the refusal."""
         # Parsed, never searched as text: ``access%5Ftoken`` is the same name once decoded, and
         # an upstream that reads it would take a token the gateway never checked.
-        in_query = bool(query) and _has_param(query, "access_token")
+        in_query = bool(query) and carries_access_token(query)
         extracted = extract_bearer(
             request.headers.getall("Authorization", []),
             query_has_token=in_query,
@@ -255,12 +256,16 @@ class Gateway:
             result = extracted
         # Only an authorised caller gets its form body read (bounded), so that an anonymous
         # client cannot make the gateway buffer anything.
-        if isinstance(result, Identity) and request.content_type == _FORM and request.body_exists:
+        if (
+            isinstance(result, Identity)
+            and request.content_type == FORM_CONTENT_TYPE
+            and request.body_exists
+        ):
             await _send_continue(request)
             body = await _read_limited(request, min(route.max_body_bytes, FORM_SCAN_BYTES))
             if body is None:
                 return errors.too_large(exchange.request_id)
-            if _has_param(body.decode("latin-1"), "access_token"):
+            if carries_access_token(body.decode("latin-1")):
                 result = Denial("invalid_request", "the token was sent in more than one place")
         if isinstance(result, Denial):
             exchange.denial = result
@@ -428,10 +433,6 @@ class Gateway:
             token_fp=token_fingerprint(exchange.token) if exchange.token else None,
             remote=request.remote,
         )
-
-
-def _has_param(query: str, name: str) -> bool:
-    return any(key == name for key, _ in parse_qsl(query, keep_blank_values=True))
 
 
 async def _send_continue(request: web.BaseRequest) -> None:

@@ -10,8 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote_plus
 
 from .decision import Denial
+
+# A urlencoded form on a protected route is read whole to look for a second token (RFC 6750
+# §2.2); larger ones are refused (413) rather than buffered.
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+FORM_SCAN_BYTES = 1024 * 1024
 
 # RFC 6750 §2.1 b64token; used with `fullmatch` (`$` would let a trailing newline through).
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -55,3 +61,16 @@ def extract_bearer(
     if not _B64TOKEN.fullmatch(token):
         return Denial("malformed_token", "the token is malformed")
     return BearerToken(token)
+
+
+def carries_access_token(urlencoded: str) -> bool:
+    """Whether a query string or urlencoded form names ``access_token`` (RFC 6750 §2.2-2.3),
+    as any framework behind the gateway might read it: names are percent-decoded, ``;`` also
+    separates pairs (old Rack, Python 2), and PHP's ``access.token``, ``access token`` and
+    ``access_token[]`` count too."""
+    for pair in re.split("[&;]", urlencoded):
+        name = unquote_plus(pair.partition("=")[0])
+        name = name.partition("[")[0].replace(".", "_").replace(" ", "_")
+        if name == "access_token":
+            return True
+    return False

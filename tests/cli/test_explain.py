@@ -238,3 +238,15 @@ async def test_explain_never_forwards_anything(tmp_path: Path, token_issuer: Tok
             assert process.returncode == 0, stdout
             assert b"decision: allow" in stdout
         assert upstream.received == []
+
+
+def test_a_token_also_in_the_query_is_refused_as_the_proxy_refuses_it(
+    gateway_command: GatewayCommand, valid_config: Path, token_issuer: TokenIssuer
+) -> None:
+    url = f"{URL}?access_token=x"
+    result = gateway_command(
+        "explain", "--config", valid_config.name, "--json", "GET", url,
+        "--token", token_issuer.token(),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert explained(result)["reasons"] == ["invalid_request"]

@@ -205,7 +205,7 @@ async def test_a_token_only_in_a_form_body_is_not_accepted(stack: Stack) -> None
 async def test_an_urlencoded_form_over_the_scan_limit_on_a_protected_route_is_413(
     stack: Stack,
 ) -> None:
-    from gateway.proxy import FORM_SCAN_BYTES
+    from gateway.pipeline.extract import FORM_SCAN_BYTES
 
     token = stack.issuer.token(scope="orders:write")
     body = b"a=" + b"x" * FORM_SCAN_BYTES

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.pipeline.decision import Denial
-from gateway.pipeline.extract import BearerToken, extract_bearer
+from gateway.pipeline.extract import BearerToken, carries_access_token, extract_bearer
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 LIMIT = 8192
@@ -116,3 +116,27 @@ def test_any_header_value_gives_a_token_or_a_denial_never_an_error(value: str) -
     assert isinstance(result, BearerToken | Denial)
     if isinstance(result, BearerToken):
         assert result.value and " " not in result.value and len(result.value) <= LIMIT
+
+
+@pytest.mark.parametrize(
+    "urlencoded",
+    [
+        "access_token=t",
+        "a=1&access_token=t",
+        "a=1;access_token=t",
+        "access%5Ftoken=t",
+        "access.token=t",
+        "access+token=t",
+        "access_token[]=t",
+        "access_token",
+    ],
+)
+def test_every_spelling_a_framework_reads_as_access_token_is_found(urlencoded: str) -> None:
+    assert carries_access_token(urlencoded)
+
+
+@pytest.mark.parametrize(
+    "urlencoded", ["", "a=access_token", "access_tokens=t", "my_access_token=t"]
+)
+def test_other_parameters_are_not_taken_for_a_token(urlencoded: str) -> None:
+    assert not carries_access_token(urlencoded)
