@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -15,11 +15,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from gateway.config.compile import CompiledConfig, CompiledRoute, CorsPolicy
+from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.observe.logs import get_logger, token_fingerprint
 from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics
 from gateway.pipeline import errors
 from gateway.pipeline.authorize import Authorizer
+from gateway.pipeline.cors import is_preflight, label_for_origin, preflight_response
 from gateway.pipeline.decision import Denial, Identity
 from gateway.pipeline.extract import (
     FORM_CONTENT_TYPE,
@@ -68,7 +69,6 @@ class Exchange:
     denial: Denial | None = None
     token: str | None = None
     upstream_seconds: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Gateway:
@@ -190,10 +190,12 @@ class Gateway:
         except AmbiguousPath as error:
             return self._finish(errors.bad_request(rid, str(error)), exchange, None, request)
         host = request.headers.get("Host")
-        if _is_preflight(request) and (preflighted := self._preflighted(host, path, request)):
+        if is_preflight(request) and (preflighted := self._preflighted(host, path, request)):
             exchange.route = preflighted
             assert preflighted.cors is not None
-            return self._finish(_preflight(preflighted.cors), exchange, preflighted, request)
+            return self._finish(
+                preflight_response(preflighted.cors), exchange, preflighted, request
+            )
         found = self.compiled.routes.lookup(host, path, request.method)
         if isinstance(found, MethodNotAllowed):
             return self._finish(
@@ -201,7 +203,7 @@ class Gateway:
             )
         if found is None:
             return self._finish(errors.not_found(rid), exchange, None, request)
-        route = self._matched(found, exchange)
+        exchange.route = route = found.value
         length = request.content_length
         if length is not None and length > route.max_body_bytes:
             return self._finish(errors.too_large(rid), exchange, route, request)
@@ -226,13 +228,9 @@ class Gateway:
         if not isinstance(found, Match):
             return None
         route = found.value
-        if route.cors is None or not _allowed_origin(route.cors, request):
+        if route.cors is None or not route.cors.allows_origin(request.headers.get("Origin")):
             return None
         return route
-
-    def _matched(self, found: Match[CompiledRoute], exchange: Exchange) -> CompiledRoute:
-        exchange.route = found.value
-        return found.value
 
     async def _authenticate(
         self, request: web.BaseRequest, route: CompiledRoute, query: str, exchange: Exchange
@@ -344,10 +342,6 @@ class Gateway:
             if lower == "authorization" and not forward_authorization:
                 continue
             headers.add(name, value)
-        if is_websocket_upgrade(request):
-            for name in ("Sec-WebSocket-Protocol",):
-                for value in incoming.getall(name, ()):
-                    headers.add(name, value)
         trusted = is_trusted_peer(request.remote, self.compiled.trusted_proxies)
         headers.extend(
             forwarded_headers(
@@ -389,8 +383,10 @@ class Gateway:
         """Headers every response gets, error or not: the request id, and CORS for an allowed
         origin (a browser hides even a 401 from a page unless it is labelled for its origin)."""
         headers["X-Request-Id"] = exchange.request_id
-        if route is not None and route.cors is not None and _allowed_origin(route.cors, request):
-            _add_cors(headers, route.cors, request.headers["Origin"])
+        origin = request.headers.get("Origin")
+        if route is not None and route.cors is not None and route.cors.allows_origin(origin):
+            assert origin is not None
+            label_for_origin(headers, route.cors, origin)
 
     def _observe(
         self, request: web.BaseRequest, exchange: Exchange, response: web.StreamResponse | None
@@ -459,37 +455,3 @@ async def _read_limited(request: web.BaseRequest, limit: int) -> bytes | None:
         if len(body) > limit:
             return None
     return bytes(body)
-
-
-def _is_preflight(request: web.BaseRequest) -> bool:
-    return (
-        request.method == "OPTIONS"
-        and "Origin" in request.headers
-        and "Access-Control-Request-Method" in request.headers
-    )
-
-
-def _allowed_origin(cors: CorsPolicy, request: web.BaseRequest) -> bool:
-    origin = request.headers.get("Origin")
-    return origin is not None and cors.allows_origin(origin)
-
-
-def _add_cors(headers: CIMultiDict[str], cors: CorsPolicy, origin: str) -> None:
-    headers["Access-Control-Allow-Origin"] = origin
-    if cors.allow_credentials:
-        headers["Access-Control-Allow-Credentials"] = "true"
-    vary = headers.get("Vary")
-    if not vary:
-        headers["Vary"] = "Origin"
-    elif "origin" not in vary.lower():
-        headers["Vary"] = f"{vary}, Origin"
-
-
-def _preflight(cors: CorsPolicy) -> web.Response:
-    """Answer a CORS preflight here: it carries no token, so forwarding it would either fail
-    authentication or need the route opened to anonymous OPTIONS."""
-    response = web.Response(status=204)
-    response.headers["Access-Control-Allow-Methods"] = ", ".join(cors.allow_methods)
-    response.headers["Access-Control-Allow-Headers"] = ", ".join(cors.allow_headers)
-    response.headers["Access-Control-Max-Age"] = str(cors.max_age)
-    return response

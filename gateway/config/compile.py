@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.pipeline.authorize import ClaimRule, Requirement
+from gateway.pipeline.cors import CorsPolicy
 from gateway.pipeline.identity import HeaderStripper
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import HostPattern, PathPattern, RouteMatcher, RouteTable
@@ -48,20 +49,6 @@ class UpstreamTarget:
         default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class CorsPolicy:
-    allow_origins: frozenset[str]
-    allow_methods: tuple[str, ...]
-    allow_headers: tuple[str, ...]
-    allow_credentials: bool
-    max_age: int
-
-    def allows_origin(self, origin: str) -> bool:
-        return origin in self.allow_origins or (
-            "*" in self.allow_origins and not self.allow_credentials
-        )
 
 
 @dataclass(frozen=True, slots=True)
