@@ -20,7 +20,8 @@ def admin_app(metrics: Metrics, not_ready: Callable[[], list[str]]) -> web.Appli
     async def readyz(request: web.Request) -> web.Response:
         reasons = not_ready()
         if reasons:
-            return web.json_response({"status": "not ready", "reasons": reasons}, status=503)
+            # SPEC §5: "503 with a JSON list of reasons".
+            return web.json_response(reasons, status=503)
         return web.json_response({"status": "ready"})
 
     async def metrics_text(request: web.Request) -> web.Response:

@@ -65,6 +65,15 @@ class GatewayServer:
         return reasons
 
     async def start(self) -> None:
+        """The admin listener first, so that /readyz answers 503 (rather than refusing
+        connections) while the first keys load; the public listener once they have."""
+        admin_runner = web.AppRunner(
+            admin_app(self.metrics, self.not_ready), handle_signals=False, access_log=None
+        )
+        await admin_runner.setup()
+        self._runners.append(admin_runner)
+        await web.TCPSite(admin_runner, self.admin_address.host, self.admin_address.port).start()
+        self.admin_port = _bound_port(admin_runner)
         await self.gateway.start()
         field_limit = self.compiled.config.limits.max_token_bytes + HEADER_OVERHEAD
         public = web.Server(
@@ -83,13 +92,6 @@ class GatewayServer:
         )
         await public_site.start()
         self.public_port = _bound_port(public_runner)
-        admin_runner = web.AppRunner(
-            admin_app(self.metrics, self.not_ready), handle_signals=False, access_log=None
-        )
-        await admin_runner.setup()
-        self._runners.append(admin_runner)
-        await web.TCPSite(admin_runner, self.admin_address.host, self.admin_address.port).start()
-        self.admin_port = _bound_port(admin_runner)
         log.info(
             "started",
             listen=f"{self.public_address.host}:{self.public_port}",
@@ -101,7 +103,8 @@ class GatewayServer:
         """Stop accepting, let requests in flight finish (up to ``shutdown_timeout``), close."""
         self.stopping = True
         timeout = self.compiled.config.shutdown_timeout
-        for runner in self._runners:
+        # The public listener first, the admin one (answering 503 on /readyz) last.
+        for runner in reversed(self._runners):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(runner.cleanup(), timeout)
         await self.gateway.close()

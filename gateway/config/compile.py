@@ -168,6 +168,15 @@ class _Compiler:
 
     def issuer(self, name: str, issuer: Issuer) -> IssuerSource:
         path: KeyPath = ("issuers", name)
+        jwks = issuer.jwks
+        if jwks.refresh_interval < 0.1:
+            # A background loop with no pause would flood the identity provider.
+            self.error((*path, "jwks", "refresh_interval"), "must be at least 100ms")
+        elif jwks.max_stale < jwks.refresh_interval:
+            self.warn(
+                (*path, "jwks", "max_stale"),
+                "shorter than refresh_interval: keys are refreshed every max_stale/2 instead",
+            )
         # The `issuer` value is only fetched with discovery; otherwise it is just the expected
         # `iss` string, which RFC 7519 §4.1.1 lets be any StringOrURI (even `urn:...`).
         fetched: list[tuple[KeyPath, str | None]] = [

@@ -494,3 +494,24 @@ def test_a_setting_not_supported_yet_that_cannot_fail_open_is_a_warning(
     text = NOT_YET_BASE.format(issuer_extra="", route_extra="", top_extra=top_extra)
     found = problems(tmp_path, text)
     assert len(found) == 1 and expected in found[0], found
+
+
+def test_a_refresh_interval_under_100ms_is_an_error(tmp_path: Path) -> None:
+    text = NOT_YET_BASE.format(
+        issuer_extra="    jwks: {refresh_interval: 0s}", route_extra="", top_extra=""
+    )
+    assert problems(tmp_path, text) == [
+        "line 6: error: issuers.corp.jwks.refresh_interval: must be at least 100ms"
+    ]
+
+
+def test_a_max_stale_shorter_than_the_refresh_interval_is_a_warning(tmp_path: Path) -> None:
+    text = NOT_YET_BASE.format(
+        issuer_extra="    jwks: {refresh_interval: 15m, max_stale: 1m}",
+        route_extra="",
+        top_extra="",
+    )
+    assert problems(tmp_path, text) == [
+        "line 6: warning: issuers.corp.jwks.max_stale: shorter than refresh_interval: keys are"
+        " refreshed every max_stale/2 instead"
+    ]

@@ -91,7 +91,7 @@ async def test_readyz_answers_503_with_reasons_when_an_issuers_keys_could_not_be
             body = await response.json()
         async with http.get(f"{gateway.admin_url}/healthz") as response:
             assert response.status == 200
-    reasons = body["reasons"]
+    reasons = body
     assert isinstance(reasons, list)
     assert any("corp" in reason for reason in reasons)
 
@@ -130,7 +130,7 @@ async def test_readyz_answers_503_from_the_moment_shutdown_begins(
             async with http.get(f"{admin}/readyz") as response:
                 assert response.status == 503
                 body = await response.json()
-            assert "shutting down" in body["reasons"]
+            assert "shutting down" in body
             release.set()
             assert await asyncio.wait_for(request, WAIT) == (200, "drained")
         finally:

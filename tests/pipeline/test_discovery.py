@@ -283,5 +283,5 @@ async def test_an_issuer_whose_document_names_another_issuer_is_unusable_never_r
                 assert "WWW-Authenticate" not in response.headers
         async with session.get(f"{admin}/readyz") as response:
             assert response.status == 503
-            assert (await response.json())["reasons"] == ["issuer corp: signing keys not loaded"]
+            assert (await response.json()) == ["issuer corp: signing keys not loaded"]
     assert "/keys" not in idp.requested
