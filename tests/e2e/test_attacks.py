@@ -179,9 +179,11 @@ async def accepted(stack: Stack, token: str, path: str = "/orders/1") -> None:
 # -- unsigned and HMAC-confused tokens --------------------------------------------------------
 
 
-async def test_an_alg_none_token_without_a_signature_is_refused_as_malformed(stack: Stack) -> None:
+async def test_an_alg_none_token_without_a_signature_is_refused_as_disallowed_alg(
+    stack: Stack,
+) -> None:
     unsigned = f"{b64json({'alg': 'none', 'typ': 'at+jwt'})}.{b64json(claims())}."
-    await refused(stack, unsigned, "malformed_token")
+    await refused(stack, unsigned, "disallowed_alg")
 
 
 async def test_an_alg_none_token_with_a_signature_segment_is_refused_as_disallowed_alg(

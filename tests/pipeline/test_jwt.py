@@ -200,9 +200,14 @@ async def test_a_token_carrying_an_x5c_chain_in_its_header_is_still_verified_by_
 # -- forged or confused signatures ------------------------------------------------------------
 
 
-async def test_an_unsigned_alg_none_token_without_signature_segment_is_malformed() -> None:
+async def test_an_unsigned_alg_none_token_without_signature_segment_is_a_disallowed_alg() -> None:
     unsigned = f"{b64json({'alg': 'none', 'typ': 'at+jwt'})}.{b64json(claims())}."
-    assert await reason_of(unsigned) == "malformed_token"
+    assert await reason_of(unsigned) == "disallowed_alg"
+
+
+async def test_a_token_of_an_allowed_alg_with_an_empty_signature_is_an_invalid_signature() -> None:
+    header = {"alg": "RS256", "typ": "at+jwt", "kid": A.rsa.kid}
+    assert await reason_of(f"{b64json(header)}.{b64json(claims())}.") == "invalid_signature"
 
 
 async def test_an_alg_none_token_with_a_signature_segment_is_refused_as_disallowed_alg() -> None:

@@ -150,9 +150,10 @@ class JwtVerifier:
         that every other reason can be reported too; see :meth:`lifetime_denial`.
         """
         parts = token.split(".")
-        if len(parts) != 3 or not _SEGMENT.fullmatch(parts[2]):
+        if len(parts) != 3 or (parts[2] and not _SEGMENT.fullmatch(parts[2])):
             # Five segments would be JWE; JSON serialisation has no dots at all: neither is
-            # accepted (SPEC: compact JWS only).
+            # accepted (SPEC: compact JWS only). An empty signature is let through to be
+            # refused by its `alg` (`none`: disallowed_alg) or by the signature check.
             return _malformed()
         header = _decode_segment(parts[0])
         payload = _decode_segment(parts[1])
