@@ -20,35 +20,10 @@ from gateway.pipeline.identity import HeaderStripper
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import HostPattern, PathPattern, RouteMatcher, RouteTable
 from gateway.pipeline.verify.fetch import plain_http_refused
+from gateway.upstream.target import UpstreamTarget
 
 from .problems import ConfigError, KeyPath, Problem
 from .schema import Auth, Config, Contains, Cors, Issuer, Upstream
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTarget:
-    """Where a route's requests go."""
-
-    name: str
-    scheme: str
-    host: str
-    port: int
-    base_path: str
-    connect_timeout: float
-    timeout: float
-    max_connections: int
-    preserve_host: bool
-
-    @property
-    def origin(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-    @property
-    def authority(self) -> str:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == default else f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 
-from gateway.config.compile import UpstreamTarget
+from .target import UpstreamTarget
 
 
 class UpstreamBusy(Exception):
