@@ -130,7 +130,7 @@ async def _judge(gateway: Gateway, route: CompiledRoute, token: str) -> Identity
     if isinstance(verified, Denial):
         return [verified]
     reasons = []
-    if lifetime := gateway.verifier.lifetime_denial(verified.issuer, verified.claims):
+    if lifetime := gateway.verifier.lifetime_denial(verified):
         reasons.append(lifetime)
     reasons.extend(gateway.authorizer.denials(requirement, verified))
     if reasons:

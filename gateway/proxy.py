@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +15,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config.compile import CompiledConfig, CompiledRoute
+from gateway.issuers import Issuers
 from gateway.observe.logs import get_logger, token_fingerprint
 from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics
 from gateway.pipeline import errors
@@ -32,9 +32,6 @@ from gateway.pipeline.extract import (
 from gateway.pipeline.identity import identity_headers
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import Match, MethodNotAllowed
-from gateway.pipeline.verify.discovery import discovered_loader, url_loader
-from gateway.pipeline.verify.jwks import JwksLoader, KeyStore, file_loader
-from gateway.pipeline.verify.jwt import IssuerKeys, JwtVerifier, issuer_keys
 from gateway.upstream.client import UpstreamClients
 from gateway.upstream.forward import forward
 from gateway.upstream.headers import (
@@ -53,7 +50,6 @@ log = get_logger("gateway")
 _KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 )
-JWKS_TIMEOUT = 5.0
 
 
 @dataclass(slots=True)
@@ -77,78 +73,25 @@ class Gateway:
     def __init__(self, compiled: CompiledConfig, metrics: Metrics) -> None:
         self.compiled = compiled
         self.metrics = metrics
-        self._http: aiohttp.ClientSession | None = None
-        self.key_stores: dict[str, KeyStore] = {}
-        issuers: dict[str, IssuerKeys] = {}
-        for name, source in compiled.issuers.items():
-            config = source.config
-            remote = source.jwks_file is None
-            store = KeyStore(
-                name,
-                self._loader(source.config, source.jwks_file),
-                min_refetch_interval=config.jwks.min_refetch_interval,
-                metrics=metrics,
-                # A key file is read again only with the configuration; remote keys are
-                # refreshed in the background and age out after `max_stale`.
-                refresh_interval=config.jwks.refresh_interval if remote else None,
-                max_stale=config.jwks.max_stale if remote else None,
-            )
-            if config.jwks_uri or config.jwks_file or config.discovery:
-                self.key_stores[name] = store
-            issuers[name] = issuer_keys(
-                name,
-                config.issuer,
-                config.algorithms,
-                config.leeway,
-                config.token_type,
-                config.scope_claim,
-                store,
-            )
-        self.verifier = JwtVerifier(issuers)
+        self.issuers = Issuers(compiled, metrics)
+        self.key_stores = self.issuers.key_stores
+        self.verifier = self.issuers.verifier
         self.authorizer = Authorizer(
             {name: s.config.audiences for name, s in compiled.issuers.items()}
         )
         self.upstreams = UpstreamClients(compiled.upstreams)
-        limits = compiled.config.limits
-        self.max_token_bytes = limits.max_token_bytes
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=JWKS_TIMEOUT),
-            )
-        return self._http
-
-    def _loader(self, config: Any, jwks_file: Any) -> JwksLoader:
-        if jwks_file is not None:
-            return file_loader(jwks_file)
-        if config.jwks_uri:
-            return url_loader(self._session, config.jwks_uri, timeout=JWKS_TIMEOUT)
-        return discovered_loader(
-            self._session, config.issuer, timeout=JWKS_TIMEOUT, allow_http=config.allow_http
-        )
+        self.max_token_bytes = compiled.config.limits.max_token_bytes
 
     async def start(self) -> None:
-        """Load every issuer's keys once (failures are logged; readiness reports them), then
-        keep them fresh in the background."""
-        await asyncio.gather(*(store.refresh() for store in self.key_stores.values()))
-        for store in self.key_stores.values():
-            store.start_background_refresh()
+        await self.issuers.start()
 
     async def close(self) -> None:
-        await asyncio.gather(*(store.close() for store in self.key_stores.values()))
+        await self.issuers.close()
         await self.upstreams.close()
-        if self._http is not None:
-            await self._http.close()
 
     def not_ready(self) -> list[str]:
         """Why the gateway should not receive traffic yet (empty when ready)."""
-        return [
-            f"issuer {name}: signing keys not loaded"
-            for name, store in self.key_stores.items()
-            if not store.loaded
-        ]
+        return self.issuers.not_ready()
 
     # -- the pipeline -------------------------------------------------------------------------
 

@@ -117,23 +117,19 @@ class _Compiler:
 
     def not_yet_supported(self) -> None:
         """Settings of the contract this version does not implement yet. Those that would make
-        the gateway more permissive if ignored (DPoP, introspection) are errors, so that no
-        configuration fails open; the others are warnings."""
+        the gateway more permissive if ignored (DPoP) are errors, so that no configuration
+        fails open; the others are warnings."""
         config = self.config
         later = "is not supported by this version yet"
         for name, issuer in config.issuers.items():
-            if issuer.introspection is not None:
-                self.error(("issuers", name, "introspection"), f"introspection {later}")
-            if issuer.validation != "auto":
-                self.error(("issuers", name, "validation"), f"validation: introspect {later}")
+            if issuer.validation == "introspect" and issuer.introspection is None:
+                self.error(("issuers", name, "validation"), "introspect needs `introspection`")
             if issuer.dpop != "disabled":
                 self.error(("issuers", name, "dpop"), f"DPoP {later}")
         for index, route in enumerate(config.routes):
             auth = route.auth
             if isinstance(auth, Auth) and auth.dpop not in (None, "disabled"):
                 self.error(("routes", index, "auth", "dpop"), f"DPoP {later}")
-        if config.cache is not None:
-            self.warn(("cache",), f"a shared cache {later}: each process keeps its own")
         if config.protected_resources:
             self.warn(("protected_resources",), f"protected-resource metadata {later}")
         if config.decide is not None:
@@ -160,6 +156,11 @@ class _Compiler:
         ]
         if issuer.introspection is not None:
             fetched.append(((*path, "introspection", "endpoint"), issuer.introspection.endpoint))
+            if not (issuer.introspection.endpoint or issuer.discovery):
+                self.error(
+                    (*path, "introspection"),
+                    "give introspection.endpoint, or discovery: true to find it",
+                )
         for key, url in fetched:
             if url is None:
                 continue
@@ -309,7 +310,7 @@ class _Compiler:
             # An empty list replaces the issuers' default audiences and checks none at all.
             self.warn(("routes", index, "auth", "audience"), unbounded)
         return Requirement(
-            issuers=frozenset(auth.issuers) if auth.issuers else None,
+            issuers=tuple(auth.issuers) if auth.issuers else None,
             audience=auth.audience,
             scopes=auth.scopes,
             any_scopes=auth.any_scopes,

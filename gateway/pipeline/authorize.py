@@ -38,7 +38,7 @@ def _same(actual: Any, expected: Any) -> bool:
 class Requirement:
     """What a protected route demands of a token, compiled from its ``auth`` block."""
 
-    issuers: frozenset[str] | None = None
+    issuers: tuple[str, ...] | None = None  # in the order opaque tokens are tried
     audience: tuple[str, ...] | None = None
     scopes: tuple[str, ...] = ()
     any_scopes: tuple[str, ...] = ()

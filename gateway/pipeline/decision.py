@@ -51,6 +51,7 @@ class VerifiedToken:
     issuer: str
     claims: Mapping[str, Any]
     scopes: frozenset[str]
+    introspected: bool = False  # from an introspection answer rather than a local JWT check
 
 
 @dataclass(frozen=True, slots=True)

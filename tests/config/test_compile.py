@@ -220,8 +220,6 @@ routes:
     upstream: http://orders.internal:8000
 """,
     ) == [
-        "line 5: error: issuers.corp.introspection: introspection is not supported by this"
-        " version yet",
         "line 6: error: issuers.corp.introspection.endpoint: plain http is only allowed for"
         " loopback hosts unless allow_http is true",
     ]
@@ -462,12 +460,16 @@ routes:
     ("issuer_extra", "route_extra", "expected"),
     [
         ("    dpop: required", "", "line 6: error: issuers.corp.dpop: DPoP is not supported"),
-        ("    validation: introspect", "", "line 6: error: issuers.corp.validation: validation"),
+        (
+            "    validation: introspect",
+            "",
+            "line 6: error: issuers.corp.validation: introspect needs `introspection`",
+        ),
         ("", "    auth: {dpop: required}", "line 11: error: routes[0].auth.dpop: DPoP is not"),
     ],
     ids=["issuer-dpop", "validation-introspect", "route-dpop"],
 )
-def test_a_setting_that_would_fail_open_if_ignored_is_an_error_until_supported(
+def test_a_setting_that_would_fail_open_if_ignored_or_cannot_work_is_an_error(
     tmp_path: Path, issuer_extra: str, route_extra: str, expected: str
 ) -> None:
     text = NOT_YET_BASE.format(issuer_extra=issuer_extra, route_extra=route_extra, top_extra="")
@@ -478,7 +480,6 @@ def test_a_setting_that_would_fail_open_if_ignored_is_an_error_until_supported(
 @pytest.mark.parametrize(
     ("top_extra", "expected"),
     [
-        ("cache: {redis: {url: 'redis://127.0.0.1:6379/0'}}", "warning: cache: a shared cache"),
         ("decide: {listen: '127.0.0.1:9902'}", "warning: decide: the forward-auth decision"),
         ("workers: 4", "warning: workers: several worker processes"),
         (
@@ -486,7 +487,7 @@ def test_a_setting_that_would_fail_open_if_ignored_is_an_error_until_supported(
             "warning: protected_resources: protected-resource metadata",
         ),
     ],
-    ids=["cache", "decide", "workers", "protected-resources"],
+    ids=["decide", "workers", "protected-resources"],
 )
 def test_a_setting_not_supported_yet_that_cannot_fail_open_is_a_warning(
     tmp_path: Path, top_extra: str, expected: str

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from ..decision import Denial
+
 
 def parse_scopes(claims: Mapping[str, Any], scope_claim: str = "scope") -> frozenset[str]:
     """The token's scopes: a space-separated string (RFC 8693 §4.2, RFC 9068 §2.2.3), or an
@@ -56,3 +58,39 @@ def claim_at(claims: Mapping[str, Any], path: str) -> Any:
         if value is None:
             return None
     return value
+
+
+def malformed(description: str = "the token is malformed") -> Denial:
+    return Denial("malformed_token", description)
+
+
+def claim_type_denial(claims: Mapping[str, Any]) -> Denial | None:
+    """Registered claims of the wrong JSON type (RFC 7519 §4.1): refused, never coerced."""
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and not is_number(claims[name]):
+            return malformed(f"the token's {name} is not a number")
+    if "sub" in claims and not isinstance(claims["sub"], str):
+        return malformed("the token's sub is not a string")
+    if audiences(claims) is None:
+        return malformed("the token's aud is not a string or an array of strings")
+    return None
+
+
+def lifetime_denial(
+    claims: Mapping[str, Any], *, leeway: float, now: float, require_exp: bool
+) -> Denial | None:
+    """Why the token is outside its validity window (with ``leeway``), or None."""
+    exp = claims.get("exp")
+    if exp is None:
+        if require_exp:
+            # RFC 9068 §2.2: JWT access tokens carry `exp`; one without would be valid forever.
+            return malformed("the token has no expiry")
+    elif now > exp + leeway:
+        return Denial("expired", "the token has expired")
+    nbf = claims.get("nbf")
+    if nbf is not None and now + leeway < nbf:
+        return Denial("not_yet_valid", "the token is not valid yet")
+    iat = claims.get("iat")
+    if iat is not None and now + leeway < iat:
+        return Denial("not_yet_valid", "the token was issued in the future")
+    return None

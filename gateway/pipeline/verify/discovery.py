@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -57,21 +58,63 @@ def url_loader(sessions: SessionProvider, url: str, *, timeout: float) -> JwksLo
     return load
 
 
+class IssuerMetadata:
+    """An issuer's discovery document, fetched once when first needed (one fetch shared by all
+    who ask meanwhile) and kept once it was good; a failure is retried at the next need."""
+
+    def __init__(
+        self, sessions: SessionProvider, issuer: str, *, timeout: float, allow_http: bool
+    ) -> None:
+        self.issuer = issuer
+        self._sessions = sessions
+        self._timeout = timeout
+        self._allow_http = allow_http
+        self._document: dict[str, Any] | None = None
+        self._inflight: asyncio.Task[dict[str, Any]] | None = None
+
+    async def endpoint(self, name: str) -> str:
+        """A URL from the document (``jwks_uri``, ``introspection_endpoint``), held to the
+        same plain-http rule as configured URLs."""
+        document = await self._get()
+        url = document.get(name)
+        if not isinstance(url, str):
+            raise FetchError(f"discovery document of {self.issuer} has no {name}")
+        if reason := plain_http_refused(url, self._allow_http):
+            raise FetchError(f"{name} of {self.issuer}: {reason}")
+        return url
+
+    async def _get(self) -> dict[str, Any]:
+        if self._document is not None:
+            return self._document
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch())
+        try:
+            return await asyncio.shield(self._inflight)
+        finally:
+            if self._inflight is not None and self._inflight.done():
+                self._inflight = None
+
+    async def _fetch(self) -> dict[str, Any]:
+        document = await discover(
+            self._sessions(), self.issuer, timeout=self._timeout, allow_http=self._allow_http
+        )
+        self._document = document
+        return document
+
+
 def discovered_loader(
-    sessions: SessionProvider, issuer: str, *, timeout: float, allow_http: bool
+    sessions: SessionProvider,
+    issuer: str,
+    *,
+    timeout: float,
+    allow_http: bool,
+    metadata: IssuerMetadata | None = None,
 ) -> JwksLoader:
     """A loader that finds ``jwks_uri`` through discovery once, then fetches it."""
-    found: list[str] = []
+    metadata = metadata or IssuerMetadata(sessions, issuer, timeout=timeout, allow_http=allow_http)
 
     async def load() -> Any:
-        if not found:
-            document = await discover(sessions(), issuer, timeout=timeout, allow_http=allow_http)
-            jwks_uri = document.get("jwks_uri")
-            if not isinstance(jwks_uri, str):
-                raise FetchError(f"discovery document of {issuer} has no jwks_uri")
-            if reason := plain_http_refused(jwks_uri, allow_http):
-                raise FetchError(f"jwks_uri of {issuer}: {reason}")
-            found.append(jwks_uri)
-        return await fetch_json(sessions(), found[0], timeout=timeout)
+        jwks_uri = await metadata.endpoint("jwks_uri")
+        return await fetch_json(sessions(), jwks_uri, timeout=timeout)
 
     return load

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -49,12 +50,30 @@ async def fetch_json(
     max_bytes: int = MAX_DOCUMENT_BYTES,
 ) -> Any:
     """GET ``url`` and parse its JSON body, refusing redirects, large bodies and slow servers."""
+    return await request_json(session, "GET", url, timeout=timeout, max_bytes=max_bytes)
+
+
+async def request_json(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    timeout: float,
+    form: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+) -> Any:
+    """One bounded JSON exchange with the identity provider: an HTTP 200 with a JSON body of at
+    most ``max_bytes``, within ``timeout``, without redirects; anything else is a FetchError
+    (whose message never holds the form, which may carry a token or a secret)."""
     try:
-        async with session.get(
+        async with session.request(
+            method,
             url,
+            data=dict(form) if form is not None else None,
             timeout=aiohttp.ClientTimeout(total=timeout),
             allow_redirects=False,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", **(headers or {})},
         ) as response:
             if response.status != 200:
                 raise FetchError(f"HTTP {response.status} from {url}")
@@ -66,7 +85,7 @@ async def fetch_json(
                 if len(body) > max_bytes:
                     raise FetchError(f"document from {url} is larger than {max_bytes} bytes")
     except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-        raise FetchError(f"cannot fetch {url}: {type(error).__name__}: {error}") from error
+        raise FetchError(f"cannot reach {url}: {type(error).__name__}") from error
     try:
         return json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:

@@ -22,7 +22,7 @@ from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jws import JWSRegistry
 
 from ..decision import Denial, VerifiedToken
-from .claims import audiences, is_number, parse_scopes
+from .claims import claim_type_denial, lifetime_denial, malformed, parse_scopes
 from .jwks import KeySource, SigningKey
 
 # joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
@@ -97,10 +97,6 @@ def looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2
 
 
-def _malformed(description: str = "the token is malformed") -> Denial:
-    return Denial("malformed_token", description)
-
-
 def _decode_segment(segment: str) -> dict[str, Any] | None:
     """A base64url (unpadded, RFC 7515 §2) JSON object, or None. Duplicate member names are
     refused (RFC 7515 §5.2) so that no two parsers can read different values."""
@@ -120,6 +116,15 @@ def _no_constants(name: str) -> Any:
     # `NaN` and `Infinity` are not JSON (RFC 8259 §6); Python accepts them by default, and an
     # `exp` of NaN would compare as never expired.
     raise ValueError(f"{name} is not JSON")
+
+
+def unverified_issuer(token: str) -> str | None:
+    """The ``iss`` a compact JWT claims, before anything is verified: only ever used to pick
+    which issuer's rules apply, never trusted."""
+    parts = token.split(".")
+    payload = _decode_segment(parts[1]) if len(parts) == 3 else None
+    iss = payload.get("iss") if payload is not None else None
+    return iss if isinstance(iss, str) else None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -154,20 +159,20 @@ class JwtVerifier:
             # Five segments would be JWE; JSON serialisation has no dots at all: neither is
             # accepted (SPEC: compact JWS only). An empty signature is let through to be
             # refused by its `alg` (`none`: disallowed_alg) or by the signature check.
-            return _malformed()
+            return malformed()
         header = _decode_segment(parts[0])
         payload = _decode_segment(parts[1])
         if header is None or payload is None:
-            return _malformed()
+            return malformed()
         iss = payload.get("iss")
         if not isinstance(iss, str):
-            return _malformed("the token has no valid issuer")
+            return malformed("the token has no valid issuer")
         candidates = [k for k in self._by_iss.get(iss, ()) if allowed is None or k.name in allowed]
         if not candidates:
             return Denial("wrong_issuer", "the token's issuer is not accepted here")
         if (problem := _check_header(header)) is not None:
             return problem
-        if (problem := _check_claim_types(payload)) is not None:
+        if (problem := claim_type_denial(payload)) is not None:
             return problem
         last: Denial | None = None
         for issuer in candidates:
@@ -242,20 +247,7 @@ class JwtVerifier:
     def lifetime_denial(self, issuer_name: str, payload: Mapping[str, Any]) -> Denial | None:
         """Why the token is outside its validity window (with the issuer's leeway), or None."""
         leeway = self._issuers[issuer_name].leeway
-        now = self._clock()
-        exp = payload.get("exp")
-        if exp is None:
-            # RFC 9068 §2.2: access tokens carry `exp`; one without would be valid forever.
-            return _malformed("the token has no expiry")
-        if now > exp + leeway:
-            return Denial("expired", "the token has expired")
-        nbf = payload.get("nbf")
-        if nbf is not None and now + leeway < nbf:
-            return Denial("not_yet_valid", "the token is not valid yet")
-        iat = payload.get("iat")
-        if iat is not None and now + leeway < iat:
-            return Denial("not_yet_valid", "the token was issued in the future")
-        return None
+        return lifetime_denial(payload, leeway=leeway, now=self._clock(), require_exp=True)
 
 
 def _no_key(store: KeySource) -> Denial:
@@ -268,27 +260,16 @@ def _no_key(store: KeySource) -> Denial:
 def _check_header(header: dict[str, Any]) -> Denial | None:
     alg = header.get("alg")
     if not isinstance(alg, str):
-        return _malformed()
+        return malformed()
     if "crit" in header:
         crit = header["crit"]
         if not isinstance(crit, list) or not crit or any(c not in _KNOWN_CRIT for c in crit):
-            return _malformed("the token requires an unsupported extension")
+            return malformed("the token requires an unsupported extension")
     if "b64" in header or "enc" in header or "zip" in header:
-        return _malformed("only compact signed tokens are accepted")
+        return malformed("only compact signed tokens are accepted")
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
-        return _malformed()
+        return malformed()
     # `jku`, `x5u`, `jwk` and `x5c` are deliberately ignored: keys come from the issuer's
     # configured source only (RFC 8725 §3.10), never from the token itself.
-    return None
-
-
-def _check_claim_types(payload: dict[str, Any]) -> Denial | None:
-    for name in ("exp", "nbf", "iat"):
-        if name in payload and not is_number(payload[name]):
-            return _malformed(f"the token's {name} is not a number")
-    if "sub" in payload and not isinstance(payload["sub"], str):
-        return _malformed("the token's sub is not a string")
-    if audiences(payload) is None:
-        return _malformed("the token's aud is not a string or an array of strings")
     return None

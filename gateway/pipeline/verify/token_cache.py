@@ -1,0 +1,168 @@
+"""Caching the authorization server's introspection answers (SPEC §3 "Introspection caching").
+
+What is cached is the answer, never a decision: audience, scope and claim rules are judged again
+on every request, so a token cached on one route is judged afresh on another. Keys are a SHA-256
+of the issuer and the token, never the token, here and in Redis. Active answers live at most
+``cache_ttl`` and never past the token's ``exp``; inactive ones ``negative_cache_ttl``, in a space
+of their own, so that a flood of random tokens cannot evict a single good entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cachetools import TLRUCache
+
+from gateway.observe.logs import get_logger
+
+log = get_logger("gateway.cache")
+
+Answer = Mapping[str, Any]
+
+# Inactive answers get this share of the entries, at most (a flood is bounded by it).
+NEGATIVE_SHARE = 0.1
+MIN_NEGATIVE_ENTRIES = 1024
+
+
+def cache_key(issuer: str, token: str) -> str:
+    """The one name of a token in every cache: it cannot be turned back into the token."""
+    return hashlib.sha256(f"{issuer}\0{token}".encode("utf-8", "surrogateescape")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    answer: Answer
+    expires_at: float
+
+
+def answer_ttl(answer: Answer, *, now: float, cache_ttl: float, negative_cache_ttl: float) -> float:
+    """How long an answer may be kept: inactive ``negative_cache_ttl``; active ``cache_ttl``,
+    but never past the token's ``exp`` (RFC 7662 §4: a cached answer must not outlive it)."""
+    if answer.get("active") is not True:
+        return negative_cache_ttl
+    exp = answer.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        return max(0.0, min(cache_ttl, exp - now))
+    return cache_ttl
+
+
+class AnswerCache:
+    """The in-process cache of one issuer's answers: active and inactive kept apart."""
+
+    def __init__(self, size: int, *, clock: Callable[[], float] = time.time) -> None:
+        def expiry(key: str, entry: _Entry, now: float) -> float:
+            return entry.expires_at
+
+        negative_size = max(MIN_NEGATIVE_ENTRIES, int(size * NEGATIVE_SHARE))
+        self._clock = clock
+        self._active: TLRUCache[str, _Entry] = TLRUCache(size, ttu=expiry, timer=clock)
+        self._inactive: TLRUCache[str, _Entry] = TLRUCache(negative_size, ttu=expiry, timer=clock)
+
+    def get(self, key: str) -> Answer | None:
+        entry = self._active.get(key) or self._inactive.get(key)
+        return entry.answer if entry is not None else None
+
+    def put(self, key: str, answer: Answer, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        entry = _Entry(answer, self._clock() + ttl)
+        if answer.get("active") is True:
+            self._inactive.pop(key, None)
+            self._active[key] = entry
+        else:
+            self._active.pop(key, None)
+            self._inactive[key] = entry
+
+    def __len__(self) -> int:
+        return len(self._active) + len(self._inactive)
+
+
+class SharedCache(Protocol):
+    """A cache shared between gateway processes (Redis). It may fail: then it answers None,
+    and the gateway carries on with its own cache and the authorization server."""
+
+    async def get(self, key: str) -> Answer | None: ...
+
+    async def put(self, key: str, answer: Answer, ttl: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class RedisCache:
+    """Answers shared through Redis, under ``key_prefix``, with the same expiry as in memory.
+
+    Every call is bounded by ``timeout``; after a failure Redis is left alone for a few seconds
+    (so a dead or hung Redis costs nothing per request), then tried again: the client
+    reconnects by itself. Never raises.
+    """
+
+    RETRY_AFTER = 5.0
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str,
+        timeout: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from redis.asyncio import Redis
+
+        self._redis = Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            health_check_interval=30,
+        )
+        self._prefix = key_prefix
+        self._timeout = timeout
+        self._monotonic = monotonic
+        self._down_until = 0.0
+        self._down = False
+
+    async def get(self, key: str) -> Answer | None:
+        raw = await self._call(self._redis.get(self._prefix + key))
+        if not isinstance(raw, bytes | str):
+            return None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            return None
+        return answer if isinstance(answer, dict) else None
+
+    async def put(self, key: str, answer: Answer, ttl: float) -> None:
+        milliseconds = int(ttl * 1000)
+        if milliseconds <= 0:
+            return
+        value = json.dumps(answer, separators=(",", ":"))
+        await self._call(self._redis.set(self._prefix + key, value, px=milliseconds))
+
+    async def _call(self, command: Any) -> Any:
+        if self._monotonic() < self._down_until:
+            command.close()
+            return None
+        try:
+            result = await asyncio.wait_for(command, self._timeout)
+        except Exception as error:  # any Redis failure is survivable: SPEC §3 `cache`
+            self._down_until = self._monotonic() + self.RETRY_AFTER
+            if not self._down:
+                self._down = True
+                log.warning("redis_unavailable", error=type(error).__name__)
+            return None
+        if self._down:
+            self._down = False
+            log.info("redis_available")
+        return result
+
+    async def close(self) -> None:
+        try:
+            await self._redis.aclose()
+        except Exception as error:  # closing a broken connection must not fail shutdown
+            log.info("redis_close_failed", error=type(error).__name__)

@@ -1,0 +1,106 @@
+"""Which check a token gets: a JWT is verified locally with its issuer's keys, an opaque token (or
+any token of an issuer with ``validation: introspect``, or without keys) is introspected.
+
+An opaque token does not say who issued it. It is sent only to issuers the route trusts: in the
+order of the route's ``auth.issuers`` when it lists them, else in the order of the file's
+``issuers``; the first that says it is active decides. A token is never sent to an issuer the
+route does not accept.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..decision import Denial, VerifiedToken
+from .claims import lifetime_denial, malformed
+from .introspection import Introspector, judge_answer
+from .jwt import JwtVerifier, looks_like_jwt, unverified_issuer
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerPolicy:
+    """How tokens of one configured issuer are checked."""
+
+    name: str
+    issuer: str
+    leeway: float
+    scope_claim: str
+    introspector: Introspector | None
+    introspect_jwts: bool  # `validation: introspect`, or no keys to check a JWT with
+
+
+class TokenVerifier:
+    """Verifies a token by the right means for its kind and issuer."""
+
+    def __init__(
+        self,
+        jwt: JwtVerifier,
+        issuers: Mapping[str, IssuerPolicy],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._jwt = jwt
+        self._issuers = issuers
+        self._clock = clock
+
+    async def verify(
+        self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
+    ) -> VerifiedToken | Denial:
+        candidates = self._candidates(allowed)
+        if looks_like_jwt(token):
+            iss = unverified_issuer(token)
+            same = [p for p in candidates if p.issuer == iss]
+            if same and all(p.introspect_jwts and p.introspector for p in same):
+                return await self._introspect(token, same, check_lifetime)
+            return await self._jwt.verify(token, allowed, check_lifetime=check_lifetime)
+        introspecting = [p for p in candidates if p.introspector is not None]
+        if not introspecting:
+            return malformed("the token is not a JWT, and no issuer here introspects tokens")
+        return await self._introspect(token, introspecting, check_lifetime)
+
+    def _candidates(self, allowed: Collection[str] | None) -> list[IssuerPolicy]:
+        if allowed is None:
+            return list(self._issuers.values())
+        order = allowed if isinstance(allowed, Sequence) else sorted(allowed)
+        return [self._issuers[name] for name in order if name in self._issuers]
+
+    async def _introspect(
+        self, token: str, policies: Sequence[IssuerPolicy], check_lifetime: bool
+    ) -> VerifiedToken | Denial:
+        unavailable = False
+        refusal: Denial | None = None
+        for policy in policies:
+            assert policy.introspector is not None
+            answer = await policy.introspector.answer(token)
+            if answer is None:
+                unavailable = True
+                continue
+            result = judge_answer(
+                answer,
+                issuer_name=policy.name,
+                issuer=policy.issuer,
+                leeway=policy.leeway,
+                scope_claim=policy.scope_claim,
+                now=self._clock(),
+                check_lifetime=check_lifetime,
+            )
+            if isinstance(result, VerifiedToken):
+                return result
+            if result.reason != "inactive" and refusal is None:
+                refusal = result
+        if refusal is not None:
+            return refusal
+        if unavailable:
+            # Some authorization server could not be asked: the token may be good there.
+            return Denial("unavailable", "the token cannot be checked now", retry_after=5)
+        return Denial("inactive", "the token is not active")
+
+    def lifetime_denial(self, token: VerifiedToken) -> Denial | None:
+        """Why a verified token is outside its validity window (for ``gateway explain``)."""
+        if not token.introspected:
+            return self._jwt.lifetime_denial(token.issuer, token.claims)
+        policy = self._issuers[token.issuer]
+        claims: Mapping[str, Any] = token.claims
+        return lifetime_denial(claims, leeway=policy.leeway, now=self._clock(), require_exp=False)
