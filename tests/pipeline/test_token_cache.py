@@ -1,0 +1,88 @@
+"""The introspection answer cache: keyed without the token, bounded, never past a token's exp."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.pipeline.verify.token_cache import (
+    MIN_NEGATIVE_ENTRIES,
+    AnswerCache,
+    answer_ttl,
+    cache_key,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+ACTIVE = {"active": True, "scope": "read", "exp": 1_000_300}
+INACTIVE = {"active": False}
+
+
+@given(st.text(min_size=1), st.text(min_size=20))
+def test_a_cache_key_never_contains_the_token(issuer: str, token: str) -> None:
+    key = cache_key(issuer, token)
+    assert len(key) == 64 and all(c in "0123456789abcdef" for c in key)
+    assert token not in key
+
+
+def test_the_same_token_of_two_issuers_has_two_keys() -> None:
+    assert cache_key("a", "tok") != cache_key("b", "tok")
+
+
+def test_an_active_answer_is_kept_at_most_cache_ttl() -> None:
+    ttl = answer_ttl(
+        {"active": True, "exp": 2_000_000}, now=1_000_000, cache_ttl=300, negative_cache_ttl=10
+    )
+    assert ttl == 300
+
+
+def test_an_active_answer_never_outlives_the_tokens_exp() -> None:
+    ttl = answer_ttl(ACTIVE, now=1_000_250, cache_ttl=300, negative_cache_ttl=10)
+    assert ttl == 50
+
+
+def test_an_expired_token_is_not_kept_at_all() -> None:
+    assert answer_ttl(ACTIVE, now=1_000_400, cache_ttl=300, negative_cache_ttl=10) == 0
+
+
+def test_an_inactive_answer_is_kept_negative_cache_ttl() -> None:
+    assert answer_ttl(INACTIVE, now=0, cache_ttl=300, negative_cache_ttl=10) == 10
+
+
+def test_an_answer_with_active_not_exactly_true_counts_as_inactive() -> None:
+    for active in ("true", 1, None):
+        answer = {"active": active}
+        assert answer_ttl(answer, now=0, cache_ttl=300, negative_cache_ttl=10) == 10
+
+
+def test_an_entry_is_gone_once_its_time_is_up() -> None:
+    clock = Clock()
+    cache = AnswerCache(10, clock=clock)
+    cache.put("k", ACTIVE, 30)
+    clock.now += 29
+    assert cache.get("k") == ACTIVE
+    clock.now += 2
+    assert cache.get("k") is None
+
+
+def test_a_flood_of_inactive_answers_never_evicts_an_active_one() -> None:
+    cache = AnswerCache(100)
+    cache.put("good", ACTIVE | {"exp": 4_102_444_800}, 300)
+    for index in range(10 * MIN_NEGATIVE_ENTRIES):
+        cache.put(f"forged-{index}", INACTIVE, 10)
+    assert cache.get("good") is not None
+    assert len(cache) <= 1 + MIN_NEGATIVE_ENTRIES
+
+
+def test_a_revoked_token_replaces_its_active_entry() -> None:
+    cache = AnswerCache(10)
+    cache.put("k", ACTIVE | {"exp": 4_102_444_800}, 300)
+    cache.put("k", INACTIVE, 10)
+    assert cache.get("k") == INACTIVE
