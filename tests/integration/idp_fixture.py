@@ -12,14 +12,25 @@ What the provider offers (see the header of ``provider.mjs`` for details):
   (client_secret_post) and ``gateway-tests-acme`` (client_secret_basic; its
   tokens carry ``tenant: "acme"`` and ``groups: ["support", "dev"]``), all with
   secret ``gateway-tests-secret`` and only the client_credentials grant;
+* introspection clients ``gateway-introspector`` (client_secret_basic) and
+  ``gateway-introspector-post`` (client_secret_post), secret
+  ``gateway-introspector-secret``, that may introspect every client's tokens
+  (a token client may introspect only its own);
 * any http(s) URL as ``resource``; the JWT access token (``typ: at+jwt``) has
   ``aud`` = resource and is signed with the ``alg`` passed to
   :meth:`OpenIdProvider.token`, else with RS256 / ES256 / EdDSA when the URL's
   last path segment is ``rs256`` / ``es256`` / ``eddsa`` (RS256 otherwise);
+* opaque access tokens (:meth:`OpenIdProvider.opaque_token`, for any resource; a
+  plain token request gets one too when the resource URL's last path segment is
+  ``opaque``) that resolve only through the introspection endpoint
+  (:meth:`OpenIdProvider.introspect`) and can be revoked
+  (:meth:`OpenIdProvider.revoke`);
 * the scopes in :data:`ALLOWED_SCOPES`; other requested scopes are dropped;
 * access token lifetime 600 s;
 * test-only endpoints to mint an ID token, to rotate / retire the keys, and to
-  count the JWKS and discovery documents served (:meth:`OpenIdProvider.jwks_requests`).
+  count the JWKS and discovery documents served and the introspection requests
+  received (:meth:`OpenIdProvider.jwks_requests`,
+  :meth:`OpenIdProvider.introspection_requests`).
 """
 
 from __future__ import annotations
@@ -55,6 +66,17 @@ CLIENTS: dict[str, str] = {
 ACME_EXTRA_CLAIMS: dict[str, Any] = {"tenant": "acme", "groups": ["support", "dev"]}
 ACCESS_TOKEN_TTL = 600
 
+INTROSPECTOR_SECRET = "gateway-introspector-secret"
+INTROSPECTOR_CLIENT = "gateway-introspector"
+INTROSPECTOR_POST_CLIENT = "gateway-introspector-post"
+# May introspect every client's tokens; cannot get tokens themselves.
+INTROSPECTION_CLIENTS: dict[str, str] = {
+    INTROSPECTOR_CLIENT: "client_secret_basic",
+    INTROSPECTOR_POST_CLIENT: "client_secret_post",
+}
+# A resource whose tokens are opaque even without the X-Test-Format header.
+OPAQUE_RESOURCE = "https://api.example.test/opaque"
+
 # Must match ALLOWED_SCOPES in provider.mjs.
 ALLOWED_SCOPES: tuple[str, ...] = (
     "read",
@@ -80,6 +102,9 @@ ALLOWED_SCOPES: tuple[str, ...] = (
 )
 
 _ALG_SUFFIX = {"RS256": "rs256", "ES256": "es256", "EDDSA": "eddsa"}
+_TOKEN_FORMATS = ("jwt", "opaque")
+_AUTH_METHODS: dict[str, str] = {**CLIENTS, **INTROSPECTION_CLIENTS}
+_B64URL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 _HTTP_TIMEOUT = 10.0
 # Loopback only: never send requests to the provider through an HTTP(S)_PROXY.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -103,6 +128,29 @@ def decode_jwt_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     if len(parts) != 3:
         raise ValueError("not a compact JWS")
     return _b64url_json(parts[0]), _b64url_json(parts[1])
+
+
+def is_jwt(token: str) -> bool:
+    """Whether ``token`` looks like a compact JWS (three base64url segments)."""
+    parts = token.split(".")
+    return len(parts) == 3 and all(part and set(part) <= _B64URL_CHARS for part in parts)
+
+
+def _default_secret(client: str) -> str:
+    return INTROSPECTOR_SECRET if client in INTROSPECTION_CLIENTS else CLIENT_SECRET
+
+
+def _authenticate(client: str, secret: str, form: dict[str, str], headers: dict[str, str]) -> None:
+    """Add ``client``'s credentials to ``form`` / ``headers`` the way it is registered."""
+    if _AUTH_METHODS.get(client, "client_secret_basic") == "client_secret_post":
+        form["client_id"] = client
+        form["client_secret"] = secret
+    else:
+        # RFC 6749 section 2.3.1: form-urlencode id and secret before base64.
+        user = urllib.parse.quote(client, safe="")
+        password = urllib.parse.quote(secret, safe="")
+        creds = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {creds}"
 
 
 def resource_for_alg(alg: str, base: str = "https://api.example.test") -> str:
@@ -131,6 +179,14 @@ class OpenIdProvider:
         self.discovery: dict[str, Any] = self._get_json("/.well-known/openid-configuration")
         self.jwks_uri: str = self.discovery["jwks_uri"]
         self.token_endpoint: str = self.discovery["token_endpoint"]
+        self.introspection_endpoint: str = self.discovery["introspection_endpoint"]
+        self.revocation_endpoint: str = self.discovery["revocation_endpoint"]
+        self.introspector_client_id: str = INTROSPECTOR_CLIENT
+        self.introspector_secret: str = INTROSPECTOR_SECRET
+        self.introspector_post_client_id: str = INTROSPECTOR_POST_CLIENT
+        self.introspector_post_secret: str = INTROSPECTOR_SECRET
+        # opaque token -> the client it was issued to (only that client may revoke it)
+        self._opaque_clients: dict[str, str] = {}
 
     # -- HTTP helpers ------------------------------------------------------------------------
 
@@ -179,6 +235,7 @@ class OpenIdProvider:
         client: str = DEFAULT_CLIENT,
         alg: str | None = None,
         secret: str = CLIENT_SECRET,
+        token_format: str | None = None,
     ) -> dict[str, Any]:
         """Full client_credentials token response (``access_token``, ``scope``, ...).
 
@@ -186,28 +243,31 @@ class OpenIdProvider:
         (``https://api.example.test/rs256``). ``alg`` forces the signing algorithm
         (RS256 / ES256 / EdDSA) through the ``X-Test-Alg`` request header; without it
         the provider picks the algorithm from the resource URL's last path segment.
+        ``token_format`` (``"jwt"`` / ``"opaque"``) forces the access token format
+        through the ``X-Test-Format`` header; without it the token is opaque when the
+        resource URL's last path segment is ``opaque`` and a JWT otherwise.
         """
         headers: dict[str, str] = {}
         if alg is not None:
             if alg.upper() not in _ALG_SUFFIX:
                 raise ValueError(f"unsupported alg {alg!r}; use one of RS256, ES256, EdDSA")
             headers["X-Test-Alg"] = alg
+        if token_format is not None:
+            if token_format.lower() not in _TOKEN_FORMATS:
+                raise ValueError(f"unsupported token_format {token_format!r}; use jwt or opaque")
+            headers["X-Test-Format"] = token_format
         scope = scopes if isinstance(scopes, str) else " ".join(scopes)
         form: dict[str, str] = {"grant_type": "client_credentials"}
         if scope:
             form["scope"] = scope
         if resource is not None:
             form["resource"] = resource
-        if CLIENTS.get(client, "client_secret_basic") == "client_secret_post":
-            form["client_id"] = client
-            form["client_secret"] = secret
-        else:
-            # RFC 6749 section 2.3.1: form-urlencode id and secret before base64.
-            user = urllib.parse.quote(client, safe="")
-            password = urllib.parse.quote(secret, safe="")
-            creds = base64.b64encode(f"{user}:{password}".encode()).decode()
-            headers["Authorization"] = f"Basic {creds}"
-        return self._request("POST", self.token_endpoint, data=form, headers=headers)
+        _authenticate(client, secret, form, headers)
+        response = self._request("POST", self.token_endpoint, data=form, headers=headers)
+        token = response.get("access_token")
+        if isinstance(token, str) and not is_jwt(token):
+            self._opaque_clients[token] = client
+        return response
 
     def token(
         self,
@@ -227,6 +287,64 @@ class OpenIdProvider:
         if not isinstance(token, str):
             raise ProviderError(f"no access_token in token response: {token!r}")
         return token
+
+    def opaque_token(
+        self,
+        scopes: list[str] | str = "",
+        *,
+        client: str = DEFAULT_CLIENT,
+        resource: str = OPAQUE_RESOURCE,
+    ) -> str:
+        """An opaque access token (not a JWT) with ``scopes`` and audience ``resource``.
+
+        Any http(s) ``resource`` works (the format is forced by a request header).
+        Only the introspection endpoint can tell what the token means.
+        """
+        response = self.token_response(resource, scopes, client=client, token_format="opaque")
+        token = response["access_token"]
+        if not isinstance(token, str) or is_jwt(token):
+            raise ProviderError(f"expected an opaque access token, got {token!r}")
+        return token
+
+    def introspect(
+        self,
+        token: str,
+        *,
+        client: str = INTROSPECTOR_CLIENT,
+        secret: str | None = None,
+        token_type_hint: str | None = None,
+    ) -> dict[str, Any]:
+        """The provider's RFC 7662 introspection answer for ``token``.
+
+        Authenticates as ``client`` (``gateway-introspector``: client_secret_basic,
+        ``gateway-introspector-post``: client_secret_post, or a token client, which
+        sees only its own tokens as active). Counts as an introspection request.
+        """
+        form: dict[str, str] = {"token": token}
+        if token_type_hint is not None:
+            form["token_type_hint"] = token_type_hint
+        headers: dict[str, str] = {}
+        _authenticate(
+            client, secret if secret is not None else _default_secret(client), form, headers
+        )
+        return self._request("POST", self.introspection_endpoint, data=form, headers=headers)
+
+    def revoke(self, token: str, *, client: str | None = None, secret: str | None = None) -> None:
+        """Revoke ``token`` (RFC 7009): later introspections say ``{"active": false}``.
+
+        oidc-provider lets only the token's own client revoke it, so this
+        authenticates as the client that :meth:`opaque_token` / :meth:`token_response`
+        got it for (``client`` overrides; unknown tokens default to ``gateway-tests``).
+        Revoking an unknown or already revoked token succeeds, as RFC 7009 says.
+        """
+        if client is None:
+            client = self._opaque_clients.get(token, DEFAULT_CLIENT)
+        form: dict[str, str] = {"token": token}
+        headers: dict[str, str] = {}
+        _authenticate(
+            client, secret if secret is not None else _default_secret(client), form, headers
+        )
+        self._request("POST", self.revocation_endpoint, data=form, headers=headers)
 
     def id_token(self, sub: str = "alice", *, aud: str = DEFAULT_CLIENT) -> str:
         """An OIDC ID token for ``sub`` (RS256, no ``typ`` header, ``aud`` = client id)."""
@@ -253,13 +371,30 @@ class OpenIdProvider:
         return self._get_json("/test/keys")
 
     def stats(self) -> dict[str, int]:
-        """``{"jwks_requests": N, "discovery_requests": M}``: documents served since start
-        (the fixture's own :meth:`jwks` and start-up discovery count too)."""
+        """``{"jwks_requests": N, "discovery_requests": M, "introspection_requests": I,
+        "revocation_requests": R}``: documents served and requests received since start
+        or the last :meth:`reset_stats` (the fixture's own :meth:`jwks`,
+        :meth:`introspect`, :meth:`revoke` and start-up discovery count too)."""
         return {key: int(value) for key, value in self._get_json("/test/stats").items()}
+
+    def reset_stats(self) -> dict[str, int]:
+        """Set all :meth:`stats` counters to 0 (affects every user of this provider)."""
+        return {
+            key: int(value) for key, value in self._request("POST", "/test/stats/reset").items()
+        }
 
     def jwks_requests(self) -> int:
         """How many times the provider has served its JWKS so far."""
         return self.stats()["jwks_requests"]
+
+    def introspection_requests(self) -> int:
+        """How many introspection requests the provider has received so far
+        (rejected ones included)."""
+        return self.stats()["introspection_requests"]
+
+    def revocation_requests(self) -> int:
+        """How many revocation requests the provider has received so far."""
+        return self.stats()["revocation_requests"]
 
     # -- lifecycle ---------------------------------------------------------------------------
 

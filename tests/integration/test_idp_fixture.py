@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import warnings
 from typing import Any
@@ -15,10 +16,14 @@ from tests.integration.idp_fixture import (
     ACME_CLIENT,
     ACME_EXTRA_CLAIMS,
     DEFAULT_CLIENT,
+    INTROSPECTOR_CLIENT,
+    INTROSPECTOR_POST_CLIENT,
+    OPAQUE_RESOURCE,
     POST_CLIENT,
     OpenIdProvider,
     ProviderError,
     decode_jwt_unverified,
+    is_jwt,
     start_provider,
 )
 
@@ -180,3 +185,211 @@ def test_rotate_and_retire() -> None:
         with pytest.raises(JoseError):
             verify(idp, old_token, "RS256")
     assert not idp.running
+
+
+# -- opaque tokens, introspection, revocation ------------------------------------------------
+
+
+def test_discovery_lists_introspection_and_revocation(idp: OpenIdProvider) -> None:
+    assert idp.introspection_endpoint == idp.discovery["introspection_endpoint"]
+    assert idp.revocation_endpoint == idp.discovery["revocation_endpoint"]
+    assert idp.introspection_endpoint.startswith(idp.issuer + "/")
+    assert idp.revocation_endpoint.startswith(idp.issuer + "/")
+    assert idp.introspector_client_id == INTROSPECTOR_CLIENT
+    assert idp.introspector_post_client_id == INTROSPECTOR_POST_CLIENT
+    assert idp.introspector_secret == idp.introspector_post_secret == "gateway-introspector-secret"
+
+
+def test_opaque_token_introspects_active(idp: OpenIdProvider) -> None:
+    token = idp.opaque_token(["orders:read", "orders:write", "not-a-scope"])
+    assert not is_jwt(token)
+    assert token.count(".") < 2
+    with pytest.raises(ValueError):
+        decode_jwt_unverified(token)
+
+    before = time.time()
+    answer = idp.introspect(token)
+    assert set(answer) == {
+        "active",
+        "sub",
+        "client_id",
+        "exp",
+        "iat",
+        "iss",
+        "aud",
+        "scope",
+        "token_type",
+    }
+    assert answer["active"] is True
+    assert set(answer["scope"].split()) == {"orders:read", "orders:write"}
+    assert answer["aud"] == OPAQUE_RESOURCE
+    assert answer["client_id"] == DEFAULT_CLIENT
+    assert answer["sub"] == DEFAULT_CLIENT
+    assert answer["iss"] == idp.issuer
+    assert answer["token_type"] == "Bearer"
+    assert answer["iat"] <= before + 5
+    assert answer["exp"] - answer["iat"] == 600
+
+
+def test_opaque_token_for_any_audience(idp: OpenIdProvider) -> None:
+    resource = f"{API}/orders"
+    token = idp.opaque_token("orders:read", resource=resource)
+    assert not is_jwt(token)
+    assert idp.introspect(token)["aud"] == resource
+
+
+def test_opaque_by_resource_suffix(idp: OpenIdProvider) -> None:
+    resource = f"{API}/orders/opaque"
+    response = idp.token_response(resource, "read write")
+    assert response["token_type"] == "Bearer"
+    assert response["expires_in"] == 600
+    assert not is_jwt(response["access_token"])
+    answer = idp.introspect(response["access_token"])
+    assert answer["active"] is True
+    assert answer["aud"] == resource
+    assert answer["scope"] == response["scope"] == "read write"
+
+    # The X-Test-Format header wins over the suffix.
+    jwt_token = idp.token_response(resource, "read", token_format="jwt")["access_token"]
+    _, claims = verify(idp, jwt_token, "RS256")
+    assert claims["aud"] == resource
+    # ... and JWTs are not introspectable (oidc-provider refuses them).
+    with pytest.raises(ProviderError, match="unsupported_token_type"):
+        idp.introspect(jwt_token)
+
+
+def test_unsupported_token_format(idp: OpenIdProvider) -> None:
+    with pytest.raises(ValueError):
+        idp.token_response(f"{API}/orders", "read", token_format="paseto")
+
+
+def test_opaque_acme_extra_claims(idp: OpenIdProvider) -> None:
+    token = idp.opaque_token(["orders:read"], client=ACME_CLIENT)
+    answer = idp.introspect(token)
+    assert answer["active"] is True
+    assert answer["client_id"] == answer["sub"] == ACME_CLIENT
+    assert answer["tenant"] == ACME_EXTRA_CLAIMS["tenant"]
+    assert answer["groups"] == ACME_EXTRA_CLAIMS["groups"]
+
+
+def test_opaque_token_post_client(idp: OpenIdProvider) -> None:
+    token = idp.opaque_token("read", client=POST_CLIENT)
+    assert idp.introspect(token)["client_id"] == POST_CLIENT
+    idp.revoke(token)  # authenticates as gateway-tests-post, with client_secret_post
+    assert idp.introspect(token) == {"active": False}
+
+
+@pytest.mark.parametrize("client", [INTROSPECTOR_CLIENT, INTROSPECTOR_POST_CLIENT])
+def test_introspector_auth_methods(idp: OpenIdProvider, client: str) -> None:
+    token = idp.opaque_token("read")
+    answer = idp.introspect(token, client=client)
+    assert answer["active"] is True
+    assert answer["client_id"] == DEFAULT_CLIENT
+    with pytest.raises(ProviderError, match="invalid_client"):
+        idp.introspect(token, client=client, secret="wrong")
+
+
+def _basic(client: str, secret: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{client}:{secret}".encode()).decode()}
+
+
+@pytest.mark.parametrize(
+    ("client", "secret"),
+    [
+        (INTROSPECTOR_CLIENT, "gateway-introspector-secret"),
+        (INTROSPECTOR_POST_CLIENT, "gateway-introspector-secret"),
+        (DEFAULT_CLIENT, "gateway-tests-secret"),
+        (POST_CLIENT, "gateway-tests-secret"),
+    ],
+)
+def test_wrong_auth_method_is_rejected(idp: OpenIdProvider, client: str, secret: str) -> None:
+    """Each client must use its registered method (basic or post), at every endpoint."""
+    token = idp.opaque_token("read")
+    if client in (INTROSPECTOR_POST_CLIENT, POST_CLIENT):  # registered for post, sends basic
+        form: dict[str, str] = {}
+        headers = _basic(client, secret)
+    else:  # registered for basic, sends post
+        form = {"client_id": client, "client_secret": secret}
+        headers = {}
+    endpoints = {
+        idp.introspection_endpoint: {"token": token},
+        idp.revocation_endpoint: {"token": token},
+        idp.token_endpoint: {"grant_type": "client_credentials", "scope": "read"},
+    }
+    for endpoint, params in endpoints.items():
+        with pytest.raises(ProviderError, match=r"HTTP 401: .*invalid_client.*must authenticate"):
+            idp._request("POST", endpoint, data={**params, **form}, headers=headers)
+    assert idp.introspect(token)["active"] is True  # the revocation did not happen
+
+
+def test_revoke(idp: OpenIdProvider) -> None:
+    token = idp.opaque_token("read")
+    other = idp.opaque_token("read")
+    assert idp.introspect(token)["active"] is True
+    idp.revoke(token)
+    assert idp.introspect(token) == {"active": False}
+    assert idp.introspect(other)["active"] is True  # only that one token
+    idp.revoke(token)  # revoking twice is fine (RFC 7009)
+
+
+def test_only_the_tokens_client_may_revoke(idp: OpenIdProvider) -> None:
+    token = idp.opaque_token("read")
+    with pytest.raises(ProviderError, match="invalid_request"):
+        idp.revoke(token, client=INTROSPECTOR_CLIENT)
+    assert idp.introspect(token)["active"] is True
+
+
+def test_unknown_token_is_inactive(idp: OpenIdProvider) -> None:
+    assert idp.introspect("not-a-token-the-provider-issued") == {"active": False}
+    assert idp.introspect("x" * 43, client=INTROSPECTOR_POST_CLIENT) == {"active": False}
+
+
+def test_token_clients_see_only_their_own_tokens(idp: OpenIdProvider) -> None:
+    token = idp.opaque_token("read", client=ACME_CLIENT)
+    assert idp.introspect(token, client=ACME_CLIENT)["active"] is True
+    assert idp.introspect(token, client=DEFAULT_CLIENT) == {"active": False}
+
+
+def test_introspectors_cannot_get_tokens(idp: OpenIdProvider) -> None:
+    with pytest.raises(ProviderError, match="grant type is not allowed"):
+        idp.token_response(
+            OPAQUE_RESOURCE, "read", client=INTROSPECTOR_CLIENT, secret=idp.introspector_secret
+        )
+
+
+def test_introspection_counter(idp: OpenIdProvider) -> None:
+    token = idp.opaque_token("read")
+    before = idp.introspection_requests()
+    revocations = idp.revocation_requests()
+    idp.introspect(token)
+    idp.introspect(token, client=INTROSPECTOR_POST_CLIENT)
+    idp.introspect("unknown")
+    with pytest.raises(ProviderError):
+        idp.introspect(token, secret="wrong")  # rejected requests count too
+    assert idp.introspection_requests() == before + 4
+    idp.revoke(token)
+    assert idp.revocation_requests() == revocations + 1
+    assert idp.introspection_requests() == before + 4
+
+
+def test_stats_reset_and_opaque_tokens_survive_rotation() -> None:
+    # A private provider: resetting or rotating the session-wide one would confuse other tests.
+    with start_provider() as idp:
+        token = idp.opaque_token("read", client=ACME_CLIENT)
+        idp.introspect(token)
+        idp.jwks()
+        assert idp.stats()["introspection_requests"] == 1
+        assert idp.reset_stats() == {
+            "jwks_requests": 0,
+            "discovery_requests": 0,
+            "introspection_requests": 0,
+            "revocation_requests": 0,
+        }
+        idp.rotate()
+        idp.retire()
+        answer = idp.introspect(token)
+        assert answer["active"] is True
+        assert answer["tenant"] == "acme"
+        assert idp.introspection_requests() == 1
+        idp.revoke(token)
+        assert idp.introspect(token) == {"active": False}

@@ -14,16 +14,46 @@
 // key has a unique "kid", "use": "sig" and an "alg"):
 //   RSA 2048 -> RS256, EC P-256 -> ES256, Ed25519 -> EdDSA
 //
-// Clients (grant type client_credentials only):
+// Clients that get tokens (grant type client_credentials only):
 //   gateway-tests       / gateway-tests-secret  client_secret_basic, no extra claims
 //   gateway-tests-post  / gateway-tests-secret  client_secret_post,  no extra claims
 //   gateway-tests-acme  / gateway-tests-secret  client_secret_basic, extra access
 //                                               token claims:
 //                                               {"tenant": "acme", "groups": ["support", "dev"]}
+// Introspection clients (no grant types: they cannot get tokens, only call the
+// introspection endpoint, for ANY client's tokens):
+//   gateway-introspector      / gateway-introspector-secret  client_secret_basic
+//   gateway-introspector-post / gateway-introspector-secret  client_secret_post
+// The token clients may introspect only their own tokens (someone else's token
+// answers {"active": false}).
+// Client authentication is strict: each client must use its registered method
+// at the token, introspection and revocation endpoints alike; the other one is
+// refused with 401 invalid_client (oidc-provider v9 itself would accept either
+// client_secret_basic or client_secret_post from any client_secret_* client).
 //
 // Resources (RFC 8707 resource indicators): ANY absolute http(s) URL without
-// a fragment is accepted as `resource`. The access token is then a JWT
-// (header typ "at+jwt") with aud = that URL and TTL 600 s. Signing algorithm:
+// a fragment is accepted as `resource`; the access token's aud = that URL and
+// its TTL is 600 s.
+//
+// Access token format (JWT unless one of these says opaque):
+//   1. the token request's `X-Test-Format` HTTP header, if present
+//      (jwt | opaque, case-insensitive; anything else -> invalid_request);
+//   2. otherwise the resource URL's last path segment: .../opaque -> opaque,
+//      e.g. "https://api.example.test/opaque" or
+//      "https://api.example.test/orders/opaque" (aud is the full URL,
+//      "/opaque" included; use the header for opaque tokens with any other aud);
+//   3. otherwise JWT.
+// An opaque token is a random string (no dots) that only the provider can
+// resolve: through the introspection endpoint (RFC 7662) or, to end it early,
+// the revocation endpoint (RFC 7009; only the token's own client may revoke
+// it). Its introspection answer carries active, client_id, sub (= client_id,
+// as in the JWTs), scope, aud, iss, iat, exp, token_type "Bearer", and the
+// client's extra claims (tenant, groups for gateway-tests-acme). Issued tokens
+// live in memory until they expire and survive /test/rotate and /test/retire.
+// JWT access tokens cannot be introspected or revoked (oidc-provider answers
+// unsupported_token_type).
+//
+// JWT access tokens have header typ "at+jwt". Signing algorithm:
 //   1. the token request's `X-Test-Alg` HTTP header, if present
 //      (RS256 | ES256 | EdDSA, case-insensitive; anything else -> invalid_request);
 //   2. otherwise the resource URL's last path segment:
@@ -47,9 +77,13 @@
 //   POST /test/retire -> stop publishing the previous key set.
 //   GET  /test/keys   -> current key state, without changing it.
 //   All three reply {"signing": [kids...], "published": [kids...]}.
-//   GET  /test/stats  -> {"jwks_requests": N, "discovery_requests": M}: how many
-//        JWKS and discovery documents were served since start (counted before
-//        the provider answers), so tests can count a gateway's fetches.
+//   GET  /test/stats  -> {"jwks_requests": N, "discovery_requests": M,
+//        "introspection_requests": I, "revocation_requests": R}: how many JWKS
+//        and discovery documents were served and how many introspection and
+//        revocation requests arrived since start (or the last reset), counted
+//        before the provider answers (rejected ones included), so tests can
+//        count a gateway's calls.
+//   POST /test/stats/reset -> set all of those counters to 0; replies with them.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
@@ -61,9 +95,15 @@ const CLIENT_SECRET = 'gateway-tests-secret';
 const ACCESS_TOKEN_TTL = 600;
 const ID_TOKEN_TTL = 600;
 const DEFAULT_RESOURCE = 'https://api.example.test/rs256';
-// oidc-provider's default; named here so that /test/stats counts the right path.
+const INTROSPECTOR_SECRET = 'gateway-introspector-secret';
+// oidc-provider's defaults; named here so that /test/stats counts the right paths.
 const JWKS_PATH = '/jwks';
 const DISCOVERY_PATH = '/.well-known/openid-configuration';
+const TOKEN_PATH = '/token';
+const INTROSPECTION_PATH = '/token/introspection';
+const REVOCATION_PATH = '/token/revocation';
+const CLIENT_AUTH_PATHS = new Set([TOKEN_PATH, INTROSPECTION_PATH, REVOCATION_PATH]);
+const MAX_BODY = 56 * 1024; // oidc-provider's own limit
 
 export const ALLOWED_SCOPES = [
   'read',
@@ -92,7 +132,7 @@ const EXTRA_CLAIMS = {
   'gateway-tests-acme': { tenant: 'acme', groups: ['support', 'dev'] },
 };
 
-const CLIENTS = [
+const TOKEN_CLIENTS = [
   { client_id: 'gateway-tests', token_endpoint_auth_method: 'client_secret_basic' },
   { client_id: 'gateway-tests-post', token_endpoint_auth_method: 'client_secret_post' },
   { client_id: 'gateway-tests-acme', token_endpoint_auth_method: 'client_secret_basic' },
@@ -104,6 +144,23 @@ const CLIENTS = [
   redirect_uris: [],
   id_token_signed_response_alg: 'RS256',
 }));
+
+// May introspect every client's tokens (see introspectionAllowed).
+const INTROSPECTORS = new Set(['gateway-introspector', 'gateway-introspector-post']);
+
+const INTROSPECTION_CLIENTS = [
+  { client_id: 'gateway-introspector', token_endpoint_auth_method: 'client_secret_basic' },
+  { client_id: 'gateway-introspector-post', token_endpoint_auth_method: 'client_secret_post' },
+].map((client) => ({
+  ...client,
+  client_secret: INTROSPECTOR_SECRET,
+  grant_types: [],
+  response_types: [],
+  redirect_uris: [],
+}));
+
+const CLIENTS = [...TOKEN_CLIENTS, ...INTROSPECTION_CLIENTS];
+const AUTH_METHODS = new Map(CLIENTS.map((c) => [c.client_id, c.token_endpoint_auth_method]));
 
 function log(...args) {
   console.error('[idp]', ...args);
@@ -126,6 +183,28 @@ function generateKeySet() {
 }
 
 const ALG_NAMES = { rs256: 'RS256', es256: 'ES256', eddsa: 'EdDSA' };
+const FORMAT_NAMES = { jwt: 'jwt', opaque: 'opaque' };
+
+function lastPathSegment(resource) {
+  try {
+    const { pathname } = new URL(resource);
+    return pathname.replace(/\/+$/, '').split('/').pop().toLowerCase();
+  } catch {
+    return '';
+  }
+}
+
+function formatForRequest(ctx, resource) {
+  const requested = ctx.get('x-test-format');
+  if (requested) {
+    const format = FORMAT_NAMES[requested.toLowerCase()];
+    if (!format) {
+      throw new errors.InvalidRequest(`unsupported X-Test-Format header value ${requested}`);
+    }
+    return format;
+  }
+  return lastPathSegment(resource) === 'opaque' ? 'opaque' : 'jwt';
+}
 
 function algForRequest(ctx, resource) {
   const requested = ctx.get('x-test-alg');
@@ -140,14 +219,89 @@ function algForRequest(ctx, resource) {
 }
 
 function algForResource(resource) {
-  let last = '';
-  try {
-    const { pathname } = new URL(resource);
-    last = pathname.replace(/\/+$/, '').split('/').pop().toLowerCase();
-  } catch {
-    // fall through to the default
+  return ALG_NAMES[lastPathSegment(resource)] ?? 'RS256';
+}
+
+async function introspectionAllowed(_ctx, client, token) {
+  return INTROSPECTORS.has(client.clientId) || token.clientId === client.clientId;
+}
+
+// Stateful data (opaque tokens) in one module-wide store, so that it outlives
+// the Provider instances that /test/rotate and /test/retire replace, with no
+// size limit (oidc-provider's own memory adapter keeps at most 1000 entries per
+// Provider instance). Entries are dropped once expired.
+const STORE = new Map(); // `${model}:${id}` -> { payload, expiresAt (ms) }
+let upsertsSincePurge = 0;
+
+function purgeExpired() {
+  const now = Date.now();
+  for (const [key, entry] of STORE) {
+    if (entry.expiresAt <= now) STORE.delete(key);
   }
-  return ALG_NAMES[last] ?? 'RS256';
+}
+
+class SharedMemoryAdapter {
+  constructor(model) {
+    this.model = model;
+  }
+
+  key(id) {
+    return `${this.model}:${id}`;
+  }
+
+  async upsert(id, payload, expiresIn) {
+    upsertsSincePurge += 1;
+    if (upsertsSincePurge >= 1000) {
+      upsertsSincePurge = 0;
+      purgeExpired();
+    }
+    const expiresAt = typeof expiresIn === 'number' ? Date.now() + expiresIn * 1000 : Infinity;
+    STORE.set(this.key(id), { payload: structuredClone(payload), expiresAt });
+  }
+
+  async find(id) {
+    const key = this.key(id);
+    const entry = STORE.get(key);
+    if (!entry) return undefined;
+    if (entry.expiresAt <= Date.now()) {
+      STORE.delete(key);
+      return undefined;
+    }
+    return structuredClone(entry.payload);
+  }
+
+  async #findBy(field, value) {
+    const prefix = `${this.model}:`;
+    for (const [key, entry] of STORE) {
+      if (key.startsWith(prefix) && entry.payload[field] === value) {
+        return this.find(key.slice(prefix.length));
+      }
+    }
+    return undefined;
+  }
+
+  async findByUid(uid) {
+    return this.#findBy('uid', uid);
+  }
+
+  async findByUserCode(userCode) {
+    return this.#findBy('userCode', userCode);
+  }
+
+  async consume(id) {
+    const entry = STORE.get(this.key(id));
+    if (entry) entry.payload.consumed = Math.floor(Date.now() / 1000);
+  }
+
+  async destroy(id) {
+    STORE.delete(this.key(id));
+  }
+
+  async revokeByGrantId(grantId) {
+    for (const [key, entry] of STORE) {
+      if (entry.payload.grantId === grantId) STORE.delete(key);
+    }
+  }
 }
 
 function isAcceptableResource(resource) {
@@ -161,8 +315,9 @@ function isAcceptableResource(resource) {
 
 function buildProvider(issuer, keys) {
   const provider = new Provider(issuer, {
+    adapter: SharedMemoryAdapter,
     clients: CLIENTS,
-    routes: { jwks: JWKS_PATH },
+    routes: { jwks: JWKS_PATH, introspection: INTROSPECTION_PATH, revocation: REVOCATION_PATH },
     jwks: { keys },
     // Only used for keygrip-signed cookies of user flows we never run.
     cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
@@ -172,7 +327,8 @@ function buildProvider(issuer, keys) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
-      introspection: { enabled: true },
+      introspection: { enabled: true, allowedPolicy: introspectionAllowed },
+      // The default policy: only the token's own client may revoke it.
       revocation: { enabled: true },
       resourceIndicators: {
         enabled: true,
@@ -182,13 +338,16 @@ function buildProvider(issuer, keys) {
           if (!isAcceptableResource(resourceIndicator)) {
             throw new errors.InvalidTarget();
           }
-          return {
+          const info = {
             scope: ALLOWED_SCOPES.join(' '),
             audience: resourceIndicator,
             accessTokenTTL: ACCESS_TOKEN_TTL,
-            accessTokenFormat: 'jwt',
-            jwt: { sign: { alg: algForRequest(ctx, resourceIndicator) } },
+            accessTokenFormat: formatForRequest(ctx, resourceIndicator),
           };
+          if (info.accessTokenFormat === 'jwt') {
+            info.jwt = { sign: { alg: algForRequest(ctx, resourceIndicator) } };
+          }
+          return info;
         },
       },
     },
@@ -199,8 +358,13 @@ function buildProvider(issuer, keys) {
     },
     extraTokenClaims: async (_ctx, token) => {
       const clientId = token.clientId ?? token.client?.clientId;
-      const extra = EXTRA_CLAIMS[clientId];
-      return extra ? structuredClone(extra) : undefined;
+      const extra = structuredClone(EXTRA_CLAIMS[clientId] ?? {});
+      if (token.resourceServer?.accessTokenFormat === 'opaque' && !token.accountId) {
+        // Introspection reports `sub` only for tokens with an end-user; a
+        // client_credentials JWT has sub = client_id, so say the same here.
+        extra.sub = clientId;
+      }
+      return Object.keys(extra).length ? extra : undefined;
     },
     findAccount: async (_ctx, sub) => ({
       accountId: sub,
@@ -209,6 +373,52 @@ function buildProvider(issuer, keys) {
   });
   provider.on('server_error', (_ctx, err) => log('server_error', err));
   return provider;
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size > MAX_BODY) {
+        reject(new Error('request entity too large'));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+// Why the request's client authentication is refused, or null to let
+// oidc-provider judge it: a client_secret_basic client that sends its secret in
+// the body, or a client_secret_post client that sends an Authorization header.
+function authMethodMismatch(req, body) {
+  let clientId;
+  let used;
+  const header = req.headers.authorization;
+  if (header !== undefined && /^basic\s/i.test(header)) {
+    const decoded = Buffer.from(header.slice(6).trim(), 'base64').toString('utf8');
+    const colon = decoded.indexOf(':');
+    if (colon === -1) return null;
+    try {
+      clientId = decodeURIComponent(decoded.slice(0, colon).replace(/\+/g, ' '));
+    } catch {
+      return null;
+    }
+    used = 'client_secret_basic';
+  } else {
+    const params = new URLSearchParams(body);
+    if (!params.has('client_secret')) return null;
+    clientId = params.get('client_id');
+    used = 'client_secret_post';
+  }
+  const registered = AUTH_METHODS.get(clientId);
+  if (registered === undefined || registered === used) return null;
+  return `client ${clientId} must authenticate with ${registered}, not ${used}`;
 }
 
 function sendJson(res, status, body) {
@@ -241,7 +451,12 @@ async function main() {
   let signingKeys = generateKeySet();
   let previousKeys = [];
   let issuer = null;
-  const stats = { jwks_requests: 0, discovery_requests: 0 };
+  const stats = {
+    jwks_requests: 0,
+    discovery_requests: 0,
+    introspection_requests: 0,
+    revocation_requests: 0,
+  };
 
   const publicKids = () => [...signingKeys, ...previousKeys].map((k) => k.kid);
   const rebuild = () => {
@@ -283,6 +498,11 @@ async function main() {
       sendJson(res, 200, stats);
       return true;
     }
+    if (req.method === 'POST' && url.pathname === '/test/stats/reset') {
+      for (const key of Object.keys(stats)) stats[key] = 0;
+      sendJson(res, 200, stats);
+      return true;
+    }
     return false;
   };
 
@@ -300,6 +520,32 @@ async function main() {
     }
     if (req.method === 'GET' && url.pathname === JWKS_PATH) stats.jwks_requests += 1;
     if (req.method === 'GET' && url.pathname === DISCOVERY_PATH) stats.discovery_requests += 1;
+    if (req.method === 'POST' && url.pathname === INTROSPECTION_PATH) {
+      stats.introspection_requests += 1;
+    }
+    if (req.method === 'POST' && url.pathname === REVOCATION_PATH) stats.revocation_requests += 1;
+    if (req.method === 'POST' && CLIENT_AUTH_PATHS.has(url.pathname)) {
+      // Read the form here to enforce the registered auth method; oidc-provider
+      // then takes the already read body from req.body.
+      readBody(req).then(
+        (body) => {
+          const mismatch = authMethodMismatch(req, body);
+          if (mismatch) {
+            sendJson(res, 401, { error: 'invalid_client', error_description: mismatch });
+            return;
+          }
+          req.body = body;
+          handler(req, res);
+        },
+        (err) => {
+          if (!res.headersSent) {
+            const description = String(err.message);
+            sendJson(res, 400, { error: 'invalid_request', error_description: description });
+          }
+        },
+      );
+      return;
+    }
     handler(req, res);
   });
   server.keepAliveTimeout = 1000;
