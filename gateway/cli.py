@@ -40,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_workers, help='worker processes: a number or "auto"')
     run.add_argument("--log-format", choices=("json", "console"), default="json")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    run.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=1.0,
+        metavar="SECONDS",
+        help="reload when the file changes, checking every SECONDS (default 1)",
+    )
+    # Set by the supervisor for its workers: not for people.
+    run.add_argument("--worker-of", type=Path, help=argparse.SUPPRESS)
+    run.add_argument("--public-port", type=int, help=argparse.SUPPRESS)
 
     check = commands.add_parser("check", help="validate a configuration, print its route table")
     with_config(check)
@@ -176,15 +187,47 @@ def _configure_logs(log_format: str, level: str) -> None:
 
 def _run(compiled: CompiledConfig, args: argparse.Namespace) -> int:
     from gateway.observe.logs import get_logger
-    from gateway.server import GatewayServer, serve_forever
+    from gateway.server import Address, GatewayServer, serve_forever
 
     _configure_logs(args.log_format, args.log_level)
     log = get_logger("gateway.config")
-    for warning in compiled.warnings:
-        log.warning("config_warning", problem=warning.describe(args.config))
+    if args.worker_of is None:
+        for warning in compiled.warnings:
+            log.warning("config_warning", problem=warning.describe(args.config))
     with contextlib.suppress(ImportError):
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(serve_forever(GatewayServer(compiled)))
+    workers = _worker_count(args.workers or compiled.config.workers)
+    if args.worker_of is None and workers > 1:
+        from gateway.workers import Supervisor
+
+        passed_on = ["--log-format", args.log_format, "--log-level", args.log_level]
+        supervisor = Supervisor(
+            compiled, args.config, workers, worker_args=passed_on, watch=args.watch
+        )
+        asyncio.run(supervisor.run())
+        return EXIT_OK
+    server = GatewayServer(compiled, config_path=args.config)
+    if args.worker_of is not None:
+        # A worker: the supervisor serves the admin listener and watches the file.
+        listen = Address.parse(compiled.config.listen)
+        server = GatewayServer(
+            compiled,
+            config_path=args.config,
+            public=Address(listen.host, args.public_port or listen.port),
+            serve_admin=False,
+            reuse_port=True,
+            ready_file=args.worker_of / f"{os.getpid()}.ready",
+        )
+        args.watch = None
+    asyncio.run(serve_forever(server, watch=args.watch))
     return EXIT_OK
+
+
+def _worker_count(value: int | str) -> int:
+    if value == "auto":
+        from gateway.workers import cpu_count
+
+        return cpu_count()
+    return int(value)

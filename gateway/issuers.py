@@ -20,15 +20,47 @@ from gateway.pipeline.verify.tokens import IssuerPolicy, TokenVerifier
 FETCH_TIMEOUT = 5.0
 
 
-class Issuers:
-    """Every issuer's verification machinery, for one compiled configuration."""
+class _Sessions:
+    """The HTTP session to the identity providers, shared by the generations of a reload."""
 
-    def __init__(self, compiled: CompiledConfig, metrics: Metrics) -> None:
+    def __init__(self) -> None:
         self._http: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+            )
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
+class Issuers:
+    """Every issuer's verification machinery, for one compiled configuration.
+
+    Built again on every reload with the ``previous`` generation: an issuer whose settings did
+    not change keeps its key store (keys, background refresh) and its introspection cache, so a
+    reload costs the identity providers nothing.
+    """
+
+    def __init__(
+        self, compiled: CompiledConfig, metrics: Metrics, previous: Issuers | None = None
+    ) -> None:
+        self._session: _Sessions = previous._session if previous is not None else _Sessions()
+        self.sources = dict(compiled.issuers)
         self.key_stores: dict[str, KeyStore] = {}
-        self.shared_cache: SharedCache | None = None
+        self.introspectors: dict[str, Introspector] = {}
+        self._fresh: set[str] = set()
         redis = compiled.config.cache.redis if compiled.config.cache else None
-        if redis is not None:
+        self._redis_settings = redis
+        self.shared_cache: SharedCache | None = None
+        if previous is not None and previous._redis_settings == redis:
+            self.shared_cache = previous.shared_cache
+        elif redis is not None:
             self.shared_cache = RedisCache(
                 redis.url, key_prefix=redis.key_prefix, timeout=redis.timeout
             )
@@ -36,17 +68,12 @@ class Issuers:
         policies: dict[str, IssuerPolicy] = {}
         for name, source in compiled.issuers.items():
             config = source.config
-            metadata = (
-                IssuerMetadata(
-                    self._session,
-                    config.issuer,
-                    timeout=FETCH_TIMEOUT,
-                    allow_http=config.allow_http,
-                )
-                if config.discovery
-                else None
-            )
-            store = self._key_store(source, metadata, metrics)
+            if previous is not None and previous.sources.get(name) == source:
+                store = previous.key_stores.get(name)
+                introspector = previous.introspectors.get(name)
+            else:
+                store, introspector = self._build(source, metrics)
+                self._fresh.add(name)
             if store is not None:
                 self.key_stores[name] = store
                 if config.validation == "auto":
@@ -59,24 +86,35 @@ class Issuers:
                         config.scope_claim,
                         store,
                     )
+            if introspector is not None:
+                self.introspectors[name] = introspector
             policies[name] = IssuerPolicy(
                 name=name,
                 issuer=config.issuer,
                 leeway=config.leeway,
                 scope_claim=config.scope_claim,
-                introspector=self._introspector(source, metadata, metrics),
+                introspector=introspector,
                 introspect_jwts=config.validation == "introspect" or store is None,
             )
         self.jwt = JwtVerifier(keys)
         self.verifier = TokenVerifier(self.jwt, policies)
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=FETCH_TIMEOUT),
+    def _build(
+        self, source: IssuerSource, metrics: Metrics
+    ) -> tuple[KeyStore | None, Introspector | None]:
+        config = source.config
+        metadata = None
+        if config.discovery:
+            metadata = IssuerMetadata(
+                self._session,
+                config.issuer,
+                timeout=FETCH_TIMEOUT,
+                allow_http=config.allow_http,
             )
-        return self._http
+        return (
+            self._key_store(source, metadata, metrics),
+            self._introspector(source, metadata, metrics),
+        )
 
     def _key_store(
         self, source: IssuerSource, metadata: IssuerMetadata | None, metrics: Metrics
@@ -132,18 +170,24 @@ class Issuers:
         )
 
     async def start(self) -> None:
-        """Load every issuer's keys once (failures are logged; readiness reports them), then
-        keep them fresh in the background."""
-        await asyncio.gather(*(store.refresh() for store in self.key_stores.values()))
-        for store in self.key_stores.values():
+        """Load the keys of every issuer new in this generation once (failures are logged;
+        readiness reports them), then keep them fresh in the background."""
+        fresh = [store for name, store in self.key_stores.items() if name in self._fresh]
+        await asyncio.gather(*(store.refresh() for store in fresh))
+        for store in fresh:
             store.start_background_refresh()
 
-    async def close(self) -> None:
-        await asyncio.gather(*(store.close() for store in self.key_stores.values()))
-        if self.shared_cache is not None:
+    async def close(self, keep: Issuers | None = None) -> None:
+        """Close what this generation owns and ``keep`` (its successor) does not use."""
+        kept_stores = set(map(id, keep.key_stores.values())) if keep else set()
+        stores = [s for s in self.key_stores.values() if id(s) not in kept_stores]
+        await asyncio.gather(*(store.close() for store in stores))
+        if self.shared_cache is not None and (
+            keep is None or keep.shared_cache is not self.shared_cache
+        ):
             await self.shared_cache.close()
-        if self._http is not None:
-            await self._http.close()
+        if keep is None:
+            await self._session.close()
 
     def not_ready(self) -> list[str]:
         """Issuers whose keys never loaded (SPEC §5)."""

@@ -70,10 +70,13 @@ class Exchange:
 class Gateway:
     """One compiled configuration made live: key stores, verifier, upstream pools."""
 
-    def __init__(self, compiled: CompiledConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, compiled: CompiledConfig, metrics: Metrics, previous: Gateway | None = None
+    ) -> None:
         self.compiled = compiled
         self.metrics = metrics
-        self.issuers = Issuers(compiled, metrics)
+        self.inflight = 0  # requests this generation still serves (a reload waits for them)
+        self.issuers: Issuers = Issuers(compiled, metrics, previous.issuers if previous else None)
         self.key_stores = self.issuers.key_stores
         self.verifier = self.issuers.verifier
         self.authorizer = Authorizer(
@@ -85,8 +88,9 @@ class Gateway:
     async def start(self) -> None:
         await self.issuers.start()
 
-    async def close(self) -> None:
-        await self.issuers.close()
+    async def close(self, keep: Gateway | None = None) -> None:
+        """Close this generation; what ``keep`` (its successor after a reload) shares stays."""
+        await self.issuers.close(keep.issuers if keep else None)
         await self.upstreams.close()
 
     def not_ready(self) -> list[str]:
@@ -102,6 +106,7 @@ class Gateway:
             started=time.perf_counter(),
         )
         self.metrics.inflight.inc()
+        self.inflight += 1
         response: web.StreamResponse | None = None
         try:
             response = await self._handle(request, exchange)
@@ -122,6 +127,7 @@ class Gateway:
             return response
         finally:
             self.metrics.inflight.dec()
+            self.inflight -= 1
             self._observe(request, exchange, response)
 
     async def _handle(self, request: web.BaseRequest, exchange: Exchange) -> web.StreamResponse:

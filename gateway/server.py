@@ -1,19 +1,25 @@
-"""The listeners and their lifecycle: start, serve, stop.
+"""The listeners and their lifecycle: start, serve, reload, drain, stop (SPEC §8).
 
-The public listener is aiohttp's low-level server: every request goes to :meth:`Gateway.handle`,
-with no framework routing in between (the gateway does its own, on the normalised path).
+The public listener is aiohttp's low-level server: every request goes to the current
+:class:`Gateway`, with no framework routing in between (the gateway does its own, on the
+normalised path). A reload builds a whole new Gateway from the file and swaps it in at once:
+requests in flight finish on the one they started with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from gateway.admin import admin_app
+from gateway.config import ConfigError, load_and_compile
 from gateway.config.compile import CompiledConfig
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
@@ -38,7 +44,11 @@ class Address:
 
 
 class GatewayServer:
-    """The public and admin listeners of one gateway process."""
+    """The public and admin listeners of one gateway process.
+
+    ``admin=None`` (a worker under a supervisor) serves no admin listener; ``ready_file`` is
+    then written while the worker is ready, for the supervisor's /readyz.
+    """
 
     def __init__(
         self,
@@ -47,14 +57,26 @@ class GatewayServer:
         metrics: Metrics | None = None,
         public: Address | None = None,
         admin: Address | None = None,
+        config_path: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        serve_admin: bool = True,
+        reuse_port: bool | None = None,
+        ready_file: Path | None = None,
     ) -> None:
         self.compiled = compiled
         self.metrics = metrics or Metrics()
         self.gateway = Gateway(compiled, self.metrics)
         self.public_address = public or Address.parse(compiled.config.listen)
         self.admin_address = admin or Address.parse(compiled.config.admin.listen)
+        self.config_path = Path(config_path) if config_path is not None else None
+        self._environ = environ
+        self._serve_admin = serve_admin
+        self._reuse_port = compiled.config.workers != 1 if reuse_port is None else reuse_port
+        self._ready_file = ready_file
         self.stopping = False
         self._runners: list[web.BaseRunner] = []
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         self.public_port = 0
         self.admin_port = 0
 
@@ -64,70 +86,187 @@ class GatewayServer:
             reasons.insert(0, "shutting down")
         return reasons
 
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        # The gateway current when the request arrives serves it to the end, across reloads.
+        return await self.gateway.handle(request)
+
     async def start(self) -> None:
         """The admin listener first, so that /readyz answers 503 (rather than refusing
         connections) while the first keys load; the public listener once they have."""
-        admin_runner = web.AppRunner(
-            admin_app(self.metrics, self.not_ready), handle_signals=False, access_log=None
-        )
-        await admin_runner.setup()
-        self._runners.append(admin_runner)
-        await web.TCPSite(admin_runner, self.admin_address.host, self.admin_address.port).start()
-        self.admin_port = _bound_port(admin_runner)
+        timeout = self.compiled.config.shutdown_timeout
+        if self._serve_admin:
+            admin_runner = web.AppRunner(
+                admin_app(self.metrics, self.not_ready),
+                handle_signals=False,
+                access_log=None,
+                shutdown_timeout=timeout,
+            )
+            await admin_runner.setup()
+            self._runners.append(admin_runner)
+            admin_site = web.TCPSite(admin_runner, self.admin_address.host, self.admin_address.port)
+            await admin_site.start()
+            self.admin_port = bound_port(admin_runner)
         await self.gateway.start()
         field_limit = self.compiled.config.limits.max_token_bytes + HEADER_OVERHEAD
         public = web.Server(
-            self.gateway.handle,
+            self._handle,
             max_field_size=max(8190, field_limit),
             max_line_size=max(8190, field_limit),
         )
-        public_runner = web.ServerRunner(public, handle_signals=False, access_log=None)
+        public_runner = web.ServerRunner(
+            public, handle_signals=False, access_log=None, shutdown_timeout=timeout
+        )
         await public_runner.setup()
         self._runners.append(public_runner)
         public_site = web.TCPSite(
             public_runner,
             self.public_address.host,
             self.public_address.port,
-            reuse_port=self.compiled.config.workers != 1,
+            reuse_port=self._reuse_port,
         )
         await public_site.start()
-        self.public_port = _bound_port(public_runner)
+        self.public_port = bound_port(public_runner)
+        self._mark_ready(True)
         log.info(
             "started",
             listen=f"{self.public_address.host}:{self.public_port}",
-            admin=f"{self.admin_address.host}:{self.admin_port}",
+            admin=f"{self.admin_address.host}:{self.admin_port}" if self._serve_admin else None,
             routes=len(self.compiled.routes),
         )
 
+    def _mark_ready(self, ready: bool) -> None:
+        if self._ready_file is None:
+            return
+        if ready and not self.not_ready():
+            self._ready_file.write_text("ready")
+        else:
+            self._ready_file.unlink(missing_ok=True)
+
+    async def reload(self) -> bool:
+        """Parse, validate and compile the file again, then swap the new configuration in at
+        once. On any error the old configuration keeps serving; the error is logged (with key
+        path and line) and counted."""
+        if self.config_path is None:
+            return False
+        async with self._reload_lock:
+            try:
+                compiled, _ = await asyncio.to_thread(
+                    load_and_compile, self.config_path, self._environ
+                )
+            except (ConfigError, OSError) as error:
+                problems = (
+                    [p.describe(str(self.config_path)) for p in error.problems]
+                    if isinstance(error, ConfigError)
+                    else [f"{self.config_path}: cannot read: {error}"]
+                )
+                self._count_reload("error")
+                log.error("config_reload_failed", problems=problems)
+                return False
+            for setting in _needs_restart(self.compiled, compiled):
+                log.warning("config_reload_restart_needed", setting=setting)
+            new = Gateway(compiled, self.metrics, previous=self.gateway)
+            await new.start()
+            old, self.gateway, self.compiled = self.gateway, new, compiled
+            self._mark_ready(True)
+            task = asyncio.ensure_future(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+            self._count_reload("ok")
+            log.info("config_reloaded", routes=len(compiled.routes), issuers=len(compiled.issuers))
+            return True
+
+    def _count_reload(self, result: str) -> None:
+        # Under a supervisor, the supervisor counts each reload once, not once a worker.
+        if self._serve_admin:
+            self.metrics.config_reloads.labels(result).inc()
+
+    async def _retire(self, old: Gateway) -> None:
+        """Close the replaced gateway once its requests are done (or ``shutdown_timeout``)."""
+        deadline = asyncio.get_running_loop().time() + self.compiled.config.shutdown_timeout
+        while old.inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await old.close(keep=self.gateway)
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Reload whenever the file's content changes (``--watch``), polling every ``interval``."""
+        assert self.config_path is not None
+        seen = file_digest(self.config_path)
+        while True:
+            await asyncio.sleep(interval)
+            current = file_digest(self.config_path)
+            if current is not None and current != seen:
+                seen = current
+                await self.reload()
+
     async def stop(self) -> None:
-        """Stop accepting, let requests in flight finish (up to ``shutdown_timeout``), close."""
+        """Readiness off at once, stop accepting, let requests in flight finish (up to
+        ``shutdown_timeout``), then close everything."""
         self.stopping = True
-        timeout = self.compiled.config.shutdown_timeout
-        # The public listener first, the admin one (answering 503 on /readyz) last.
+        self._mark_ready(False)
+        # The public listener first (it drains), the admin one (answering 503) last.
         for runner in reversed(self._runners):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(runner.cleanup(), timeout)
+                await runner.cleanup()
+        for task in list(self._retiring):
+            task.cancel()
         await self.gateway.close()
         log.info("stopped")
 
 
-def _bound_port(runner: web.BaseRunner) -> int:
+def file_digest(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
+
+
+def _needs_restart(old: CompiledConfig, new: CompiledConfig) -> list[str]:
+    """Settings a reload cannot change: the sockets and processes are already made."""
+    before, after = old.config, new.config
+    changed = []
+    for name, a, b in (
+        ("listen", before.listen, after.listen),
+        ("admin.listen", before.admin.listen, after.admin.listen),
+        ("workers", before.workers, after.workers),
+        ("limits.max_token_bytes", before.limits.max_token_bytes, after.limits.max_token_bytes),
+    ):
+        if a != b:
+            changed.append(name)
+    return changed
+
+
+def bound_port(runner: web.BaseRunner) -> int:
     for address in runner.addresses:
         if isinstance(address, tuple):
             return int(address[1])
     return 0
 
 
-async def serve_forever(server: GatewayServer) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+async def serve_forever(server: GatewayServer, *, watch: float | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop; SIGHUP (or a changed file, with
+    ``watch``) reloads the configuration."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
+    background: set[asyncio.Task[object]] = set()
+
+    def reload() -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(server.reload())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    with contextlib.suppress(NotImplementedError):
+        loop.add_signal_handler(signal.SIGHUP, reload)
     await server.start()
+    if watch is not None and server.config_path is not None:
+        watcher: asyncio.Task[object] = asyncio.ensure_future(server.watch(watch))
+        background.add(watcher)
     try:
         await stop.wait()
     finally:
         log.info("shutdown")
+        for task in list(background):
+            task.cancel()
         await server.stop()

@@ -134,8 +134,6 @@ class _Compiler:
             self.warn(("protected_resources",), f"protected-resource metadata {later}")
         if config.decide is not None:
             self.warn(("decide",), f"the forward-auth decision endpoint {later}")
-        if config.workers != 1:
-            self.warn(("workers",), f"several worker processes {later}: one process serves")
 
     def issuer(self, name: str, issuer: Issuer) -> IssuerSource:
         path: KeyPath = ("issuers", name)

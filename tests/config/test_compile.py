@@ -481,13 +481,12 @@ def test_a_setting_that_would_fail_open_if_ignored_or_cannot_work_is_an_error(
     ("top_extra", "expected"),
     [
         ("decide: {listen: '127.0.0.1:9902'}", "warning: decide: the forward-auth decision"),
-        ("workers: 4", "warning: workers: several worker processes"),
         (
             "protected_resources: [{resource: 'https://api.example.test'}]",
             "warning: protected_resources: protected-resource metadata",
         ),
     ],
-    ids=["decide", "workers", "protected-resources"],
+    ids=["decide", "protected-resources"],
 )
 def test_a_setting_not_supported_yet_that_cannot_fail_open_is_a_warning(
     tmp_path: Path, top_extra: str, expected: str
