@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -86,3 +87,44 @@ def test_a_revoked_token_replaces_its_active_entry() -> None:
     cache.put("k", ACTIVE | {"exp": 4_102_444_800}, 300)
     cache.put("k", INACTIVE, 10)
     assert cache.get("k") == INACTIVE
+
+
+@pytest.mark.parametrize("exp", ["soon", 10**400, float("inf"), float("nan"), True, None], ids=repr)
+def test_an_active_answer_whose_exp_cannot_be_read_is_not_kept(exp: object) -> None:
+    # Its lifetime is unknown, so no bound can be kept; it is refused as malformed anyway.
+    ttl = answer_ttl({"active": True, "exp": exp}, now=0, cache_ttl=300, negative_cache_ttl=10)
+    assert ttl == 0
+
+
+def test_an_answer_kept_for_no_time_is_not_stored() -> None:
+    cache = AnswerCache(10)
+    cache.put("k", ACTIVE, 0)
+    assert cache.get("k") is None
+    assert len(cache) == 0
+
+
+def test_inactive_answers_get_a_tenth_of_a_large_cache_and_no_more() -> None:
+    cache = AnswerCache(100_000)
+    for index in range(12_000):
+        cache.put(f"forged-{index}", INACTIVE, 10)
+    assert len(cache) == 10_000
+
+
+def test_a_token_that_became_active_replaces_its_inactive_entry() -> None:
+    cache = AnswerCache(10)
+    cache.put("k", INACTIVE, 10)
+    cache.put("k", ACTIVE, 300)
+    assert cache.get("k") == ACTIVE
+    assert len(cache) == 1
+
+
+def test_the_newest_answers_are_kept_when_the_active_space_is_full() -> None:
+    cache = AnswerCache(3)
+    for key in ("a", "b", "c", "d"):
+        cache.put(key, ACTIVE, 300)
+    assert [cache.get(key) is not None for key in ("a", "b", "c", "d")] == [
+        False,
+        True,
+        True,
+        True,
+    ]

@@ -83,7 +83,7 @@ class Introspector:
         self._metrics = metrics
         self._clock = clock
         self._calls = asyncio.Semaphore(max_concurrent_calls)
-        self._inflight: dict[str, asyncio.Task[Answer | None]] = {}
+        self._inflight: dict[str, asyncio.Task[tuple[bool, Answer | None]]] = {}
         self._sharing: set[asyncio.Task[None]] = set()
 
     async def answer(self, token: str) -> Answer | None:
@@ -91,25 +91,36 @@ class Introspector:
         None when it cannot be had now."""
         key = cache_key(self.issuer, token)
         cached = self._cache.get(key)
-        if cached is None and self._shared is not None:
-            cached = await self._shared.get(key)
-            if cached is not None:
-                self._keep(key, cached, shared=False)
         if cached is not None:
             self._metrics.token_cache.labels("introspection", "hit").inc()
             return cached
-        self._metrics.token_cache.labels("introspection", "miss").inc()
+        # The shared cache is asked inside the flight, not before joining it: a request that
+        # missed in memory, then waited for Redis while the flight ended (and left `_inflight`)
+        # would otherwise make a second call for the same token.
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._call_and_keep(key, token))
+            task = asyncio.ensure_future(self._look_up(key, token))
             self._inflight[key] = task
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return await asyncio.shield(task)
+        from_shared, answer = await asyncio.shield(task)
+        self._metrics.token_cache.labels("introspection", "hit" if from_shared else "miss").inc()
+        return answer
+
+    async def _look_up(self, key: str, token: str) -> tuple[bool, Answer | None]:
+        """The answer from the shared cache (True) or the authorization server (False)."""
+        if self._shared is not None:
+            shared = await self._shared.get(key)
+            if shared is not None:
+                answer, left = shared
+                # No longer than it has left in Redis: every replica forgets it when the one
+                # that asked does, so a revocation is seen by all after at most cache_ttl.
+                self._keep(key, answer, shared=False, at_most=left)
+                return True, answer
+        return False, await self._call_and_keep(key, token)
 
     async def _call_and_keep(self, key: str, token: str) -> Answer | None:
         try:
-            async with self._calls:
-                answer = await self._call(token)
+            answer = await self._bounded_call(token)
         except FetchError as error:
             self._metrics.introspection_requests.labels(self.issuer, "error").inc()
             log.warning("introspection_failed", issuer=self.issuer, error=str(error))
@@ -119,19 +130,33 @@ class Introspector:
         self._keep(key, answer, shared=True)
         return answer
 
-    def _keep(self, key: str, answer: Answer, *, shared: bool) -> None:
+    def _keep(
+        self, key: str, answer: Answer, *, shared: bool, at_most: float | None = None
+    ) -> None:
         ttl = answer_ttl(
             answer,
             now=self._clock(),
             cache_ttl=self._cache_ttl,
             negative_cache_ttl=self._negative_cache_ttl,
         )
+        if at_most is not None:
+            ttl = min(ttl, at_most)
         self._cache.put(key, answer, ttl)
         if shared and self._shared is not None and ttl > 0:
             # Shared in the background: a slow Redis must not slow the request down.
             task = asyncio.ensure_future(self._shared.put(key, answer, ttl))
             self._sharing.add(task)
             task.add_done_callback(self._sharing.discard)
+
+    async def _bounded_call(self, token: str) -> Answer:
+        # `timeout` bounds the whole exchange, the wait for a free call included: behind a
+        # flood of tokens at a stalled server a request would otherwise wait for call after
+        # call to time out (minutes), where SPEC §4 wants a prompt 503.
+        try:
+            async with asyncio.timeout(self._timeout), self._calls:
+                return await self._call(token)
+        except TimeoutError as error:
+            raise FetchError(f"no introspection answer within {self._timeout}s") from error
 
     async def _call(self, token: str) -> Answer:
         endpoint = self._endpoint

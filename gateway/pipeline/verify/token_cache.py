@@ -21,6 +21,8 @@ from cachetools import TLRUCache
 
 from gateway.observe.logs import get_logger
 
+from .claims import is_number
+
 log = get_logger("gateway.cache")
 
 Answer = Mapping[str, Any]
@@ -46,10 +48,14 @@ def answer_ttl(answer: Answer, *, now: float, cache_ttl: float, negative_cache_t
     but never past the token's ``exp`` (RFC 7662 §4: a cached answer must not outlive it)."""
     if answer.get("active") is not True:
         return negative_cache_ttl
-    exp = answer.get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        return max(0.0, min(cache_ttl, exp - now))
-    return cache_ttl
+    if "exp" not in answer:
+        return cache_ttl
+    exp = answer["exp"]
+    if not is_number(exp):
+        # Its lifetime cannot be read (a string, or 10**400, which no float holds and which
+        # made `exp - now` raise): not kept, so nothing outlives a token's exp. Judged malformed.
+        return 0.0
+    return max(0.0, min(cache_ttl, float(exp) - now))
 
 
 class AnswerCache:
@@ -87,7 +93,9 @@ class SharedCache(Protocol):
     """A cache shared between gateway processes (Redis). It may fail: then it answers None,
     and the gateway carries on with its own cache and the authorization server."""
 
-    async def get(self, key: str) -> Answer | None: ...
+    async def get(self, key: str) -> tuple[Answer, float] | None:
+        """The answer under ``key`` and the seconds it has left, or None."""
+        ...
 
     async def put(self, key: str, answer: Answer, ttl: float) -> None: ...
 
@@ -127,15 +135,28 @@ class RedisCache:
         self._down_until = 0.0
         self._down = False
 
-    async def get(self, key: str) -> Answer | None:
-        raw = await self._call(self._redis.get(self._prefix + key))
-        if not isinstance(raw, bytes | str):
+    async def get(self, key: str) -> tuple[Answer, float] | None:
+        # The time left comes with the answer (one round trip): a replica that reads an entry
+        # late in its life must keep it only that long, not a whole cache_ttl more, or a
+        # revocation would not be seen by all replicas at once.
+        name = self._prefix + key
+        pipeline = self._redis.pipeline(transaction=False)
+        pipeline.get(name)
+        pipeline.pttl(name)
+        reply = await self._call(pipeline.execute())
+        if not isinstance(reply, list) or len(reply) != 2:
+            return None
+        raw, milliseconds = reply
+        # PTTL -1 (no expiry) is no entry of ours: it would never expire. -2: gone meanwhile.
+        if not isinstance(raw, bytes | str) or not isinstance(milliseconds, int):
+            return None
+        if milliseconds <= 0:
             return None
         try:
             answer = json.loads(raw)
         except ValueError:
             return None
-        return answer if isinstance(answer, dict) else None
+        return (answer, milliseconds / 1000) if isinstance(answer, dict) else None
 
     async def put(self, key: str, answer: Answer, ttl: float) -> None:
         milliseconds = int(ttl * 1000)

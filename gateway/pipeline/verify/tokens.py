@@ -9,6 +9,7 @@ route does not accept.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,18 @@ from typing import Any
 from ..decision import Denial, VerifiedToken
 from .claims import lifetime_denial, malformed
 from .introspection import Introspector, judge_answer
-from .jwt import JwtVerifier, looks_like_jwt, unverified_issuer
+from .jwt import JwtVerifier, unverified_issuer
+
+# SPEC §3: a token is opaque unless it is three base64url segments. Counting dots is not enough:
+# RFC 6750 §2.1 lets an opaque token hold "." as well as "~+/=", and such a token was refused as
+# a malformed JWT instead of being introspected. (Segments may be empty: `x.y.` stays a JWT, to
+# be refused as one.)
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+
+def is_compact_jws(token: str) -> bool:
+    """Whether ``token`` has the shape of a JWT (and is checked as one) rather than opaque."""
+    return _COMPACT_JWS.fullmatch(token) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +61,7 @@ class TokenVerifier:
         self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
     ) -> VerifiedToken | Denial:
         candidates = self._candidates(allowed)
-        if looks_like_jwt(token):
+        if is_compact_jws(token):
             iss = unverified_issuer(token)
             same = [p for p in candidates if p.issuer == iss]
             if same and all(p.introspect_jwts and p.introspector for p in same):
