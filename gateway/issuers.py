@@ -167,6 +167,7 @@ class Issuers:
             cache=AnswerCache(settings.cache_size),
             shared=self.shared_cache,
             metrics=metrics,
+            cache_scope=source.config.issuer,
         )
 
     async def start(self) -> None:

@@ -166,7 +166,7 @@ async def test_no_key_or_value_in_redis_holds_the_token(
     stored = redis_entries(redis_server)
     for token in (good, unknown):
         assert not any(token.encode() in key + value for key, value in stored.items())
-    assert set(stored) == {(PREFIX + cache_key("idp", t)).encode() for t in (good, unknown)}
+    assert set(stored) == {(PREFIX + cache_key(idp.issuer, t)).encode() for t in (good, unknown)}
 
 
 async def test_redis_holds_the_authorization_servers_answer_not_a_decision(
@@ -196,12 +196,12 @@ async def test_an_active_entry_expires_in_redis_when_it_expires_in_memory(
         answer = await introspector.answer(token)
         assert answer is not None and answer["active"] is True
         await wait_for_keys(redis_server, 1)
-        pttl = redis_server.command("PTTL", PREFIX + cache_key("idp", token)) / 1000
+        pttl = redis_server.command("PTTL", PREFIX + cache_key(idp.issuer, token)) / 1000
         in_memory = answer["exp"] - time.time()
         await shared.close()
     assert 500 < in_memory <= 600
     assert abs(pttl - in_memory) < 1.0
-    key = cache_key("idp", token)
+    key = cache_key(idp.issuer, token)
     clock.now = answer["exp"] - 0.5
     assert cache.get(key) is not None
     clock.now = answer["exp"] + 0.01
@@ -325,7 +325,7 @@ async def test_an_answer_from_redis_is_kept_in_memory_no_longer_than_it_has_left
         await second.answer(token)  # from Redis, with ~0.4 s left there
         assert idp.introspection_requests() - before == 1
         await asyncio.sleep(1.1 - (time.monotonic() - asked))
-        assert second_cache.get(cache_key("idp", token)) is None
+        assert second_cache.get(cache_key(idp.issuer, token)) is None
         await first_shared.close()
         await second_shared.close()
 
@@ -446,6 +446,7 @@ def introspector_for(
         shared=shared,
         metrics=Metrics(),
         clock=clock,
+        cache_scope=idp.issuer,
     )
 
 

@@ -24,7 +24,8 @@ from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
 from gateway.pipeline.verify.fetch import FetchError
 from gateway.pipeline.verify.jwks import KeyStore
-from gateway.pipeline.verify.jwt import JwtVerifier, issuer_keys, looks_like_jwt
+from gateway.pipeline.verify.jwt import JwtVerifier, issuer_keys
+from gateway.pipeline.verify.tokens import is_compact_jws
 from tests.support import AUDIENCE, ISSUER, TokenIssuer, b64json, b64url
 
 # Keys are slow to make: once per module. ATTACKER reuses A's issuer URL and kids, with its own
@@ -455,7 +456,7 @@ async def test_a_general_jws_json_serialisation_is_malformed() -> None:
 async def test_a_five_segment_jwe_is_malformed() -> None:
     header = b64json({"alg": "RSA-OAEP", "enc": "A256GCM", "kid": A.rsa.kid})
     jwe = ".".join([header, b64url(b"k" * 256), b64url(b"iv" * 6), b64url(b"c" * 40), "tag"])
-    assert not looks_like_jwt(jwe)
+    assert not is_compact_jws(jwe)
     assert await reason_of(jwe) == "malformed_token"
 
 

@@ -69,8 +69,12 @@ class Introspector:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         max_concurrent_calls: int = MAX_CONCURRENT_CALLS,
+        cache_scope: str | None = None,
     ) -> None:
         self.issuer = issuer
+        # Cache keys name the authorization server by its issuer URL, not by the name it has in
+        # one file: two deployments sharing a Redis can never take each other's answers.
+        self._cache_scope = cache_scope or issuer
         self._client = client
         self._endpoint = endpoint
         self._metadata = metadata
@@ -89,7 +93,7 @@ class Introspector:
     async def answer(self, token: str) -> Answer | None:
         """The authorization server's answer about ``token`` (from a cache when it may be), or
         None when it cannot be had now."""
-        key = cache_key(self.issuer, token)
+        key = cache_key(self._cache_scope, token)
         cached = self._cache.get(key)
         if cached is not None:
             self._metrics.token_cache.labels("introspection", "hit").inc()

@@ -92,11 +92,6 @@ def normalize_media_type(value: str) -> str:
     return value.removeprefix("application/")
 
 
-def looks_like_jwt(token: str) -> bool:
-    """Three dot-separated segments: the JWS compact form. Anything else is opaque (or JWE)."""
-    return token.count(".") == 2
-
-
 def _decode_segment(segment: str) -> dict[str, Any] | None:
     """A base64url (unpadded, RFC 7515 §2) JSON object, or None. Duplicate member names are
     refused (RFC 7515 §5.2) so that no two parsers can read different values."""
