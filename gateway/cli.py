@@ -192,6 +192,14 @@ def _run(compiled: CompiledConfig, args: argparse.Namespace) -> int:
     _configure_logs(args.log_format, args.log_level)
     log = get_logger("gateway.config")
     if args.worker_of is None:
+        log.info(
+            "config_loaded",
+            config=args.config,
+            routes=len(compiled.routes),
+            issuers=len(compiled.issuers),
+            upstreams=len(compiled.upstreams),
+            warnings=len(compiled.warnings),
+        )
         for warning in compiled.warnings:
             log.warning("config_warning", problem=warning.describe(args.config))
     with contextlib.suppress(ImportError):
@@ -208,8 +216,9 @@ def _run(compiled: CompiledConfig, args: argparse.Namespace) -> int:
         )
         asyncio.run(supervisor.run())
         return EXIT_OK
-    server = GatewayServer(compiled, config_path=args.config)
-    if args.worker_of is not None:
+    if args.worker_of is None:
+        server = GatewayServer(compiled, config_path=args.config)
+    else:
         # A worker: the supervisor serves the admin listener and watches the file.
         listen = Address.parse(compiled.config.listen)
         server = GatewayServer(

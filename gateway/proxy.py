@@ -17,7 +17,8 @@ from yarl import URL
 from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.issuers import Issuers
 from gateway.observe.logs import get_logger, token_fingerprint
-from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics
+from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics, method_label
+from gateway.observe.trace import trace_id
 from gateway.pipeline import errors
 from gateway.pipeline.authorize import Authorizer
 from gateway.pipeline.cors import is_preflight, label_for_origin, preflight_response
@@ -46,10 +47,6 @@ from gateway.upstream.headers import (
 from gateway.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
 log = get_logger("gateway")
-
-_KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
-)
 
 
 @dataclass(slots=True)
@@ -340,11 +337,12 @@ class Gateway:
     def _observe(
         self, request: web.BaseRequest, exchange: Exchange, response: web.StreamResponse | None
     ) -> None:
+        # 499 (nginx's "client closed request"): the client left before any response was made.
         status = response.status if response is not None else 499
+        # Labels are bounded: a route name from the configuration, never the path.
         route = exchange.route.name if exchange.route else UNMATCHED_ROUTE
-        method = exchange.method if exchange.method in _KNOWN_METHODS else "OTHER"
         elapsed = time.perf_counter() - exchange.started
-        self.metrics.requests.labels(route, method, str(status)).inc()
+        self.metrics.requests.labels(route, method_label(exchange.method), str(status)).inc()
         self.metrics.request_duration.labels(route).observe(elapsed)
         if exchange.upstream_seconds is not None:
             self.metrics.upstream_duration.labels(route).observe(exchange.upstream_seconds)
@@ -356,8 +354,18 @@ class Gateway:
     def _log_request(
         self, request: web.BaseRequest, exchange: Exchange, status: int, elapsed: float
     ) -> None:
+        """The one ``request`` event of SPEC §7. The path is logged without its query string,
+        the token only as its fingerprint."""
         identity = exchange.identity
-        result = "deny" if exchange.denial is not None else "allow" if identity else None
+        denial = exchange.denial
+        result = "deny" if denial is not None else "allow" if identity else None
+        if denial is not None:
+            log.debug(
+                "denied",
+                request_id=exchange.request_id,
+                reason=denial.reason,
+                detail=denial.description,
+            )
         log.info(
             "request",
             request_id=exchange.request_id,
@@ -372,11 +380,12 @@ class Gateway:
                 else None
             ),
             result=result,
-            reason=exchange.denial.reason if exchange.denial else None,
+            reason=denial.reason if denial else None,
             sub=identity.subject if identity else None,
             client_id=identity.client_id if identity else None,
             token_fp=token_fingerprint(exchange.token) if exchange.token else None,
             remote=request.remote,
+            trace_id=trace_id(request.headers.getall("traceparent", [])),
         )
 
 

@@ -66,6 +66,7 @@ class GatewayServer:
         self.compiled = compiled
         self.metrics = metrics or Metrics()
         self.gateway = Gateway(compiled, self.metrics)
+        _declare_series(self.metrics, self.gateway)
         self.public_address = public or Address.parse(compiled.config.listen)
         self.admin_address = admin or Address.parse(compiled.config.admin.listen)
         self.config_path = Path(config_path) if config_path is not None else None
@@ -77,6 +78,8 @@ class GatewayServer:
         self._runners: list[web.BaseRunner] = []
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self._public_runner: web.ServerRunner | None = None
+        self._inflight = 0  # requests being handled, of every generation
         self.public_port = 0
         self.admin_port = 0
 
@@ -88,7 +91,18 @@ class GatewayServer:
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         # The gateway current when the request arrives serves it to the end, across reloads.
-        return await self.gateway.handle(request)
+        self._inflight += 1
+        try:
+            response = await self.gateway.handle(request)
+        finally:
+            self._inflight -= 1
+        if self.stopping:
+            # Draining: no further request on this connection (its client opens a new one,
+            # elsewhere), else a client that keeps its connection busy keeps the drain going
+            # to the deadline. Before the headers went out, they say `Connection: close`;
+            # after (a streamed response), aiohttp closes the connection once it is sent.
+            response.force_close()
+        return response
 
     async def start(self) -> None:
         """The admin listener first, so that /readyz answers 503 (rather than refusing
@@ -118,6 +132,7 @@ class GatewayServer:
         )
         await public_runner.setup()
         self._runners.append(public_runner)
+        self._public_runner = public_runner
         public_site = web.TCPSite(
             public_runner,
             self.public_address.host,
@@ -135,9 +150,11 @@ class GatewayServer:
         )
 
     def _mark_ready(self, ready: bool) -> None:
+        ready = ready and not self.not_ready()
+        self.metrics.ready.set(1 if ready else 0)
         if self._ready_file is None:
             return
-        if ready and not self.not_ready():
+        if ready:
             self._ready_file.write_text("ready")
         else:
             self._ready_file.unlink(missing_ok=True)
@@ -165,6 +182,7 @@ class GatewayServer:
             for setting in _needs_restart(self.compiled, compiled):
                 log.warning("config_reload_restart_needed", setting=setting)
             new = Gateway(compiled, self.metrics, previous=self.gateway)
+            _declare_series(self.metrics, new)
             await new.start()
             old, self.gateway, self.compiled = self.gateway, new, compiled
             self._mark_ready(True)
@@ -181,10 +199,14 @@ class GatewayServer:
             self.metrics.config_reloads.labels(result).inc()
 
     async def _retire(self, old: Gateway) -> None:
-        """Close the replaced gateway once its requests are done (or ``shutdown_timeout``)."""
-        deadline = asyncio.get_running_loop().time() + self.compiled.config.shutdown_timeout
-        while old.inflight and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)
+        """Close the replaced gateway once its requests are done.
+
+        No deadline: a reload is not a shutdown (SPEC §8: requests in flight finish on the old
+        configuration). What is in flight ends by its own upstream ``timeout``, a WebSocket
+        when its ends close it; closing the old upstream pools at ``shutdown_timeout`` instead
+        cut every WebSocket, and every longer download, that a reload found open."""
+        while old.inflight:
+            await asyncio.sleep(0.1)
         await old.close(keep=self.gateway)
 
     async def watch(self, interval: float = 1.0) -> None:
@@ -203,14 +225,44 @@ class GatewayServer:
         ``shutdown_timeout``), then close everything."""
         self.stopping = True
         self._mark_ready(False)
-        # The public listener first (it drains), the admin one (answering 503) last.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.compiled.config.shutdown_timeout
+        public = self._public_runner
+        if public is not None:
+            for site in list(public.sites):
+                await site.stop()  # no new connections from here on
+            # The drain is waited for here, not in aiohttp's shutdown: that one stops reading
+            # every connection the moment it starts, so an upload still arriving or a
+            # WebSocket's next frame would never be read, and the request would hang until cut.
+            while self._inflight and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+            if public.server is not None:
+                # Idle keep-alive connections close now; what still runs is cut at the
+                # deadline (aiohttp reads a timeout of 0 as "none": hence the floor).
+                public.server.pre_shutdown()
+                await public.server.shutdown(max(deadline - loop.time(), 0.001))
+        # The public listener first, the admin one (answering 503 meanwhile) last.
         for runner in reversed(self._runners):
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         for task in list(self._retiring):
             task.cancel()
         await self.gateway.close()
+        self.metrics.close()
         log.info("stopped")
+
+
+def _declare_series(metrics: Metrics, gateway: Gateway) -> None:
+    """The configuration's JWKS and introspection series, there from the start. (A key store
+    kept across a reload keeps its keys: its count is not reset.)"""
+    metrics.declare(
+        jwks_keys={name: len(store.keys.keys) for name, store in gateway.key_stores.items()},
+        introspection_issuers=[
+            name
+            for name, source in gateway.compiled.issuers.items()
+            if source.config.introspection is not None
+        ],
+    )
 
 
 def file_digest(path: Path) -> bytes | None:

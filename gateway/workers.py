@@ -23,11 +23,11 @@ from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from gateway.config import ConfigError, load_and_compile
 from gateway.config.compile import CompiledConfig
 from gateway.observe.logs import get_logger
+from gateway.observe.metrics import forget_process, multiprocess_exposition
 from gateway.server import Address, bound_port, file_digest
 
 log = get_logger("gateway.workers")
@@ -93,9 +93,7 @@ class Supervisor:
         )
 
     def exposition(self) -> bytes:
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=str(self._metrics_dir))  # type: ignore[no-untyped-call]
-        return generate_latest(registry) + generate_latest(self._own)
+        return multiprocess_exposition(str(self._metrics_dir)) + generate_latest(self._own)
 
     def _admin_app(self) -> web.Application:
         async def healthz(request: web.Request) -> web.Response:
@@ -166,7 +164,7 @@ class Supervisor:
                 pid = waits[task]
                 self._processes.pop(pid, None)
                 (self._ready_dir / f"{pid}.ready").unlink(missing_ok=True)
-                mark_process_dead(pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
+                forget_process(pid, str(self._metrics_dir))
                 if self._stopping:
                     continue
                 log.warning("worker_exited", pid=pid, returncode=task.result())

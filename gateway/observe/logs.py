@@ -2,6 +2,12 @@
 
 Nothing here ever receives a token, an Authorization header, a secret or a query string: callers
 log a token only as its fingerprint (:func:`token_fingerprint`).
+
+Levels: ``debug`` adds detail (why a token was refused, in the words sent to the client);
+``info`` (the default) has one ``request`` event per request and the lifecycle events
+(``config_loaded``, ``started``, ``jwks_loaded``, ``config_reloaded``, ``shutdown``, ``stopped``);
+``warning`` keeps only what needs a person (``jwks_fetch_failed``, ``introspection_failed``,
+``config_reload_failed``, ...), so ``request`` lines are not written.
 """
 
 from __future__ import annotations
@@ -16,6 +22,17 @@ import structlog
 LogFormat = Literal["json", "console"]
 
 
+class _StdoutHandler(logging.Handler):
+    """Standard-library log records (aiohttp, asyncio) on stdout, rendered like the gateway's
+    own lines. ``sys.stdout`` is looked up at each record, so a replaced stdout is followed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stdout, flush=True)
+        except Exception:
+            self.handleError(record)
+
+
 def configure_logging(log_format: LogFormat = "json", level: str = "info") -> None:
     """Route structlog (and the standard library's logging) to stdout in the chosen format."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -24,11 +41,14 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    stamped: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamped,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -44,9 +64,21 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
     # (an Authorization header with a stray control byte, say): that would put a token in the
     # logs. The gateway logs its own failures itself.
     logging.getLogger("aiohttp.server").disabled = True
-    logging.basicConfig(
-        stream=sys.stdout, level=max(numeric, logging.WARNING), format="%(message)s"
+    handler = _StdoutHandler(level=max(numeric, logging.WARNING))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
     )
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h, _StdoutHandler)]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
 
 
 def get_logger(name: str = "gateway") -> Any:
