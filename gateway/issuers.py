@@ -71,6 +71,11 @@ class Issuers:
             if previous is not None and previous.sources.get(name) == source:
                 store = previous.key_stores.get(name)
                 introspector = previous.introspectors.get(name)
+                if source.jwks_file is not None:
+                    # Static keys are "reloaded with the config" (SPEC §3): the file may have
+                    # changed even where its name did not.
+                    store = self._key_store(source, None, metrics)
+                    self._fresh.add(name)
             else:
                 store, introspector = self._build(source, metrics)
                 self._fresh.add(name)

@@ -59,6 +59,9 @@ class Exchange:
     path: str | None = None
     route: CompiledRoute | None = None
     identity: Identity | None = None
+    # Who a verified token says the caller is, even when the route then refuses it: the log
+    # names the subject of an insufficient_scope denial too.
+    caller: Identity | None = None
     denial: Denial | None = None
     token: str | None = None
     upstream_seconds: float | None = None
@@ -195,7 +198,7 @@ class Gateway:
         body: bytes | None = None
         if isinstance(extracted, BearerToken):
             exchange.token = extracted.value
-            result = await self.check_token(extracted.value, route)
+            result = await self.check_token(extracted.value, route, exchange)
         else:
             result = extracted
         # Only an authorised caller gets its form body read (bounded), so that an anonymous
@@ -218,13 +221,17 @@ class Gateway:
         self.metrics.auth_decisions.labels(route.name, "allow", "none").inc()
         return result, body
 
-    async def check_token(self, token: str, route: CompiledRoute) -> Identity | Denial:
+    async def check_token(
+        self, token: str, route: CompiledRoute, exchange: Exchange | None = None
+    ) -> Identity | Denial:
         """Verify a token and authorise it for a route (also used by ``gateway explain``)."""
         requirement = route.requirement
         assert requirement is not None
         verified = await self.verifier.verify(token, requirement.issuers)
         if isinstance(verified, Denial):
             return verified
+        if exchange is not None:
+            exchange.caller = Identity(verified.issuer, verified.claims, verified.scopes)
         return self.authorizer.authorize(requirement, verified)
 
     async def _forward(
@@ -357,6 +364,7 @@ class Gateway:
         """The one ``request`` event of SPEC §7. The path is logged without its query string,
         the token only as its fingerprint."""
         identity = exchange.identity
+        caller = identity or exchange.caller
         denial = exchange.denial
         result = "deny" if denial is not None else "allow" if identity else None
         if denial is not None:
@@ -381,8 +389,8 @@ class Gateway:
             ),
             result=result,
             reason=denial.reason if denial else None,
-            sub=identity.subject if identity else None,
-            client_id=identity.client_id if identity else None,
+            sub=caller.subject if caller else None,
+            client_id=caller.client_id if caller else None,
             token_fp=token_fingerprint(exchange.token) if exchange.token else None,
             remote=request.remote,
             trace_id=trace_id(request.headers.getall("traceparent", [])),

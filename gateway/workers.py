@@ -33,6 +33,8 @@ from gateway.server import Address, bound_port, file_digest
 log = get_logger("gateway.workers")
 
 RESTART_DELAY = 0.5
+MAX_RESTART_DELAY = 30.0
+STABLE_AFTER = 10.0  # a worker that lived this long died of something else than its start
 
 
 def cpu_count() -> int:
@@ -73,6 +75,8 @@ class Supervisor:
             registry=self._own,
         )
         self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._started_at: dict[int, float] = {}
+        self._quick_deaths = 0
         self._stopping = False
         self._reload_lock = asyncio.Lock()
         self._port_reservation: socket.socket | None = None
@@ -148,10 +152,15 @@ class Supervisor:
             env=environment,
         )
         self._processes[process.pid] = process
+        self._started_at[process.pid] = asyncio.get_running_loop().time()
         log.info("worker_started", pid=process.pid)
+        if self._stopping:
+            # Stopping began while this one was being made: it must not outlive the rest.
+            process.send_signal(signal.SIGTERM)
 
     async def _watch_workers(self) -> None:
         """Restart any worker that exits while the gateway is not stopping."""
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             waits = {asyncio.ensure_future(p.wait()): pid for pid, p in self._processes.items()}
             if not waits:
@@ -167,8 +176,13 @@ class Supervisor:
                 forget_process(pid, str(self._metrics_dir))
                 if self._stopping:
                     continue
-                log.warning("worker_exited", pid=pid, returncode=task.result())
-                await asyncio.sleep(RESTART_DELAY)
+                lived = loop.time() - self._started_at.pop(pid, 0.0)
+                # A worker that dies young (a file broken since the last reload, say) is
+                # restarted ever more slowly, up to MAX_RESTART_DELAY, not in a tight loop.
+                self._quick_deaths = self._quick_deaths + 1 if lived < STABLE_AFTER else 0
+                delay = min(MAX_RESTART_DELAY, RESTART_DELAY * 2 ** max(0, self._quick_deaths - 1))
+                log.warning("worker_exited", pid=pid, returncode=task.result(), restart_in=delay)
+                await asyncio.sleep(delay)
                 if not self._stopping:
                     await self._spawn()
 

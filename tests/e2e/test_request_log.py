@@ -102,3 +102,19 @@ async def test_a_request_the_http_parser_rejects_never_puts_its_token_in_the_log
             writer.close()
             assert status_line.split()[1] == b"400"
     assert "TOKENSECRETPART" not in log.read_text(errors="replace")
+
+
+async def test_a_token_refused_for_its_scopes_is_logged_with_its_subject(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = stack.issuer.token(scope="profile")
+    async with stack.http.get(
+        f"{stack.url}/orders/1", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status == 403
+    (event,) = request_events(capsys.readouterr().out)
+    assert (event["reason"], event["sub"], event["client_id"]) == (
+        "insufficient_scope",
+        "alice",
+        "client-1",
+    )
