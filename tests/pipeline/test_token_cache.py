@@ -128,4 +128,3 @@ def test_the_newest_answers_are_kept_when_the_active_space_is_full() -> None:
         True,
         True,
     ]
-
