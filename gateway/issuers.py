@@ -101,7 +101,7 @@ class Issuers:
                 introspector=introspector,
                 introspect_jwts=config.validation == "introspect" or store is None,
             )
-        self.jwt = JwtVerifier(keys)
+        self.jwt = JwtVerifier(keys, metrics=metrics)
         self.verifier = TokenVerifier(self.jwt, policies)
 
     def _build(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
@@ -17,9 +18,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jws import JWSRegistry
+
+from gateway.observe.metrics import Metrics
 
 from ..decision import Denial, VerifiedToken
 from .claims import claim_type_denial, lifetime_denial, malformed, parse_scopes
@@ -32,6 +36,9 @@ warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=Securi
 
 # Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
 # base64 decoding then silently drops, so two different strings would read as one segment.
+# Tokens remembered after a good signature check (about 1-2 KiB each).
+VERIFIED_CACHE_SIZE = 10_000
+
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 # Headers we understand. `crit` naming anything is refused: we implement no extension (RFC 7515
 # §4.1.11), and `b64: false` (RFC 7797) would change what the signature covers.
@@ -129,17 +136,55 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token whose signature checked out, and the key that checked it."""
+
+    token: VerifiedToken
+    key: SigningKey
+
+
 class JwtVerifier:
-    """Checks JWT access tokens against the configured issuers."""
+    """Checks JWT access tokens against the configured issuers.
+
+    A token whose signature once checked out is remembered (by its SHA-256, never the token
+    itself) so that the next request with it costs no signature check; the remembered result
+    is used only while the key that checked it is still published, and its lifetime is judged
+    again on every request.
+    """
 
     def __init__(
-        self, issuers: Mapping[str, IssuerKeys], clock: Callable[[], float] = time.time
+        self,
+        issuers: Mapping[str, IssuerKeys],
+        clock: Callable[[], float] = time.time,
+        *,
+        metrics: Metrics | None = None,
+        cache_size: int = VERIFIED_CACHE_SIZE,
     ) -> None:
         self._issuers = issuers
         self._by_iss: dict[str, list[IssuerKeys]] = {}
         for keys in issuers.values():
             self._by_iss.setdefault(keys.issuer, []).append(keys)
         self._clock = clock
+        self._metrics = metrics
+        self._verified: LRUCache[bytes, _Verified] = LRUCache(cache_size)
+
+    def _remembered(self, digest: bytes, allowed: Collection[str] | None) -> _Verified | None:
+        entry = self._verified.get(digest)
+        if entry is not None:
+            issuer = self._issuers.get(entry.token.issuer)
+            usable = (
+                issuer is not None
+                and (allowed is None or issuer.name in allowed)
+                and not issuer.keys.stale
+                # A key withdrawn from the JWKS (rotated out, revoked) takes its tokens with it.
+                and any(key is entry.key for key in issuer.keys.keys.keys)
+            )
+            if not usable:
+                entry = None
+        if self._metrics is not None:
+            self._metrics.token_cache.labels("jwt", "hit" if entry else "miss").inc()
+        return entry
 
     async def verify(
         self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
@@ -149,6 +194,14 @@ class JwtVerifier:
         ``check_lifetime=False`` (for ``gateway explain``) returns an expired token's claims so
         that every other reason can be reported too; see :meth:`lifetime_denial`.
         """
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        if (entry := self._remembered(digest, allowed)) is not None:
+            verified = entry.token
+            if check_lifetime and (
+                problem := self.lifetime_denial(verified.issuer, verified.claims)
+            ):
+                return problem
+            return verified
         parts = token.split(".")
         if len(parts) != 3 or (parts[2] and not _SEGMENT.fullmatch(parts[2])):
             # Five segments would be JWE; JSON serialisation has no dots at all: neither is
@@ -171,9 +224,12 @@ class JwtVerifier:
             return problem
         last: Denial | None = None
         for issuer in candidates:
-            result = await self._verify_with(issuer, token, header, payload, check_lifetime)
-            if isinstance(result, VerifiedToken):
-                return result
+            result = await self._verify_with(issuer, token, header, payload)
+            if isinstance(result, _Verified):
+                self._verified[digest] = result
+                if check_lifetime and (problem := self.lifetime_denial(issuer.name, payload)):
+                    return problem
+                return result.token
             last = result
         assert last is not None
         return last
@@ -184,28 +240,29 @@ class JwtVerifier:
         token: str,
         header: dict[str, Any],
         payload: dict[str, Any],
-        check_lifetime: bool,
-    ) -> VerifiedToken | Denial:
+    ) -> _Verified | Denial:
+        """The signature, the key's algorithm and the token type: what never changes for a
+        given token (its lifetime is judged by the caller, every time)."""
         alg = header["alg"]
         if alg not in issuer.algorithms:
             return Denial("disallowed_alg", "the token's signing algorithm is not allowed")
         keys = await self._keys_for(issuer, header.get("kid"), alg)
         if isinstance(keys, Denial):
             return keys
-        if not any(self._signature_ok(issuer, token, key, alg) for key in keys):
+        signer = next((key for key in keys if self._signature_ok(issuer, token, key, alg)), None)
+        if signer is None:
             return Denial("invalid_signature", "the token's signature is invalid")
         if issuer.token_type is not None:
             typ = header.get("typ")
             # RFC 9068 §4 / RFC 8725 §3.11: an ID token must not pass as an access token.
             if not isinstance(typ, str) or normalize_media_type(typ) != issuer.token_type:
                 return Denial("wrong_type", "the token is not of the required type")
-        if check_lifetime and (problem := self.lifetime_denial(issuer.name, payload)):
-            return problem
-        return VerifiedToken(
+        verified = VerifiedToken(
             issuer=issuer.name,
             claims=payload,
             scopes=parse_scopes(payload, issuer.scope_claim),
         )
+        return _Verified(verified, signer)
 
     async def _keys_for(
         self, issuer: IssuerKeys, kid: str | None, alg: str

@@ -1,0 +1,109 @@
+"""The verified-token cache: a repeated token skips its signature check, and nothing else."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.observe.metrics import Metrics
+from gateway.pipeline.decision import Denial, VerifiedToken
+from gateway.pipeline.verify.jwks import KeyStore
+from gateway.pipeline.verify.jwt import JwtVerifier, issuer_keys
+from tests.pipeline.test_jwt import ALL_ALGORITHMS, NOW, A, B, Clock, MemoryJwks, token
+
+
+class Counted:
+    """A verifier over issuers A (``corp``) and B (``partner``) whose signature checks are
+    counted, with a clock that stands still and a JWKS for A that a test can change."""
+
+    def __init__(self, corp_jwks: MemoryJwks, stores: dict[str, KeyStore], clock: Clock) -> None:
+        self.metrics = Metrics()
+        self.clock = clock
+        self.corp_jwks = corp_jwks
+        self.stores = stores
+        issuers = {
+            name: issuer_keys(name, issuer, ALL_ALGORITHMS, 30.0, "at+jwt", "scope", store)
+            for (name, issuer), store in zip(
+                (("corp", A.issuer), ("partner", B.issuer)), stores.values(), strict=True
+            )
+        }
+        self.verifier = JwtVerifier(issuers, clock, metrics=self.metrics)
+        self.signature_checks = 0
+        original = self.verifier._signature_ok
+
+        def counting(*args: Any) -> bool:
+            self.signature_checks += 1
+            return original(*args)
+
+        self.verifier._signature_ok = counting  # type: ignore[method-assign]
+
+    def hits(self) -> float:
+        labels = {"cache": "jwt", "result": "hit"}
+        return self.metrics.registry.get_sample_value("gateway_token_cache_total", labels) or 0
+
+
+async def counted() -> Counted:
+    clock = Clock()
+    corp_jwks = MemoryJwks(A.jwks)
+    stores = {}
+    for name, loader in (("corp", corp_jwks), ("partner", MemoryJwks(B.jwks))):
+        store = KeyStore(name, loader, min_refetch_interval=0, metrics=Metrics())
+        await store.refresh()
+        stores[name] = store
+    return Counted(corp_jwks, stores, clock)
+
+
+async def test_a_repeated_token_is_verified_once_and_then_found_in_the_cache() -> None:
+    subject = await counted()
+    good = token()
+    for _ in range(3):
+        assert isinstance(await subject.verifier.verify(good), VerifiedToken)
+    assert subject.signature_checks == 1
+    assert subject.hits() == 2
+
+
+async def test_a_cached_token_still_expires() -> None:
+    subject = await counted()
+    good = token(exp=NOW + 60)
+    assert isinstance(await subject.verifier.verify(good), VerifiedToken)
+    subject.clock.now = NOW + 60 + 31  # past exp and the 30 s leeway
+    result = await subject.verifier.verify(good)
+    assert isinstance(result, Denial) and result.reason == "expired"
+
+
+async def test_a_cached_token_of_another_issuer_is_still_refused_where_that_issuer_is_not() -> None:
+    subject = await counted()
+    good = token()
+    assert isinstance(await subject.verifier.verify(good, ["corp"]), VerifiedToken)
+    result = await subject.verifier.verify(good, ["partner"])
+    assert isinstance(result, Denial) and result.reason == "wrong_issuer"
+
+
+async def test_a_cached_token_stops_working_once_its_key_is_withdrawn_from_the_jwks() -> None:
+    subject = await counted()
+    good = token()
+    assert isinstance(await subject.verifier.verify(good), VerifiedToken)
+    others = [k for k in A.jwks["keys"] if k["kid"] != A.rsa.kid]
+    subject.corp_jwks.document = {"keys": others}
+    await subject.stores["corp"].refresh()
+    result = await subject.verifier.verify(good)
+    assert isinstance(result, Denial) and result.reason == "unknown_key"
+
+
+async def test_a_refresh_returning_the_same_keys_keeps_cached_tokens() -> None:
+    subject = await counted()
+    good = token()
+    await subject.verifier.verify(good)
+    await subject.stores["corp"].refresh()
+    assert isinstance(await subject.verifier.verify(good), VerifiedToken)
+    assert subject.signature_checks == 1
+
+
+async def test_a_bad_signature_is_never_cached() -> None:
+    subject = await counted()
+    header, payload, _ = token().split(".")
+    forged = f"{header}.{payload}.{token().split('.')[2][::-1]}"
+    for _ in range(2):
+        result = await subject.verifier.verify(forged)
+        assert isinstance(result, Denial)
+    assert subject.signature_checks == 2
+    assert subject.hits() == 0
