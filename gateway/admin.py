@@ -8,32 +8,41 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.observe.metrics import Metrics
 
+def admin_app(
+    not_ready: Callable[[], list[str]],
+    exposition: Callable[[], bytes],
+    *,
+    offload: bool = False,
+    observe_ready: Callable[[bool], None] | None = None,
+) -> web.Application:
+    """``/healthz`` (the process serves), ``/readyz`` (503 with the reasons while it should get
+    no traffic), ``/metrics`` (Prometheus text from ``exposition``).
 
-def admin_app(metrics: Metrics, not_ready: Callable[[], list[str]]) -> web.Application:
-    """``/healthz`` (the process serves), ``/readyz`` (keys loaded, not shutting down),
-    ``/metrics`` (Prometheus text)."""
+    ``offload`` runs the exposition in a thread (reading several processes' files is disk work,
+    not for the event loop); ``observe_ready`` is told what /readyz answers at each probe and
+    scrape (for the ``gateway_ready`` gauge).
+    """
+
+    def reasons() -> list[str]:
+        found = not_ready()
+        if observe_ready is not None:
+            observe_ready(not found)
+        return found
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        reasons = not_ready()
-        metrics.ready.set(0 if reasons else 1)
-        if reasons:
+        found = reasons()
+        if found:
             # SPEC §5: "503 with a JSON list of reasons".
-            return web.json_response(reasons, status=503)
+            return web.json_response(found, status=503)
         return web.json_response({"status": "ready"})
 
     async def metrics_text(request: web.Request) -> web.Response:
-        # `gateway_ready` says what /readyz would answer at the moment of the scrape.
-        metrics.ready.set(0 if not_ready() else 1)
-        if metrics.multiprocess_dir is not None:
-            # Reading every process's files is disk work: not on the event loop.
-            body = await asyncio.to_thread(metrics.exposition)
-        else:
-            body = metrics.exposition()
+        reasons()
+        body = await asyncio.to_thread(exposition) if offload else exposition()
         response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -110,7 +110,12 @@ class GatewayServer:
         timeout = self.compiled.config.shutdown_timeout
         if self._serve_admin:
             admin_runner = web.AppRunner(
-                admin_app(self.metrics, self.not_ready),
+                admin_app(
+                    self.not_ready,
+                    self.metrics.exposition,
+                    offload=self.metrics.multiprocess_dir is not None,
+                    observe_ready=lambda ready: self.metrics.ready.set(1 if ready else 0),
+                ),
                 handle_signals=False,
                 access_log=None,
                 shutdown_timeout=timeout,

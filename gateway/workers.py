@@ -24,6 +24,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
+from gateway.admin import admin_app
 from gateway.config import ConfigError, load_and_compile
 from gateway.config.compile import CompiledConfig
 from gateway.observe.logs import get_logger
@@ -98,28 +99,6 @@ class Supervisor:
 
     def exposition(self) -> bytes:
         return multiprocess_exposition(str(self._metrics_dir)) + generate_latest(self._own)
-
-    def _admin_app(self) -> web.Application:
-        async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok"})
-
-        async def readyz(request: web.Request) -> web.Response:
-            reasons = self.not_ready()
-            if reasons:
-                return web.json_response(reasons, status=503)
-            return web.json_response({"status": "ready"})
-
-        async def metrics(request: web.Request) -> web.Response:
-            body = await asyncio.to_thread(self.exposition)
-            response = web.Response(body=body)
-            response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
-            return response
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/metrics", metrics)
-        return app
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -235,7 +214,8 @@ class Supervisor:
             loop.add_signal_handler(signum, stop.set)
         loop.add_signal_handler(signal.SIGHUP, reload)
         admin = Address.parse(self.compiled.config.admin.listen)
-        runner = web.AppRunner(self._admin_app(), handle_signals=False, access_log=None)
+        app = admin_app(self.not_ready, self.exposition, offload=True)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, admin.host, admin.port).start()
         self.admin_port = bound_port(runner)
