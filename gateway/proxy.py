@@ -30,7 +30,7 @@ from gateway.pipeline.extract import (
     carries_access_token,
     extract_bearer,
 )
-from gateway.pipeline.identity import identity_headers
+from gateway.pipeline.identity import header_key, identity_headers
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import Match, MethodNotAllowed
 from gateway.upstream.client import UpstreamClients
@@ -284,15 +284,17 @@ class Gateway:
         removed; forwarding, request id and (after authorisation) identity headers set."""
         incoming = request.headers
         stripper = self.compiled.stripper
-        drop = HOP_BY_HOP | connection_tokens(incoming) | PATH_OVERRIDES | PEER_DESCRIPTIONS
-        drop = drop | {"host", "x-request-id", "expect"}
+        names = HOP_BY_HOP | connection_tokens(incoming) | PATH_OVERRIDES | PEER_DESCRIPTIONS
+        # Compared like identity headers, with "_" equal to "-": a CGI or WSGI backend reads
+        # X_Original_URL and X_Forwarded_For as the headers removed here.
+        drop = {header_key(name) for name in names} | {"host", "x-request-id", "expect"}
         forward_authorization = self.compiled.config.identity.forward_authorization
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in incoming.items():
-            lower = name.lower()
-            if lower in drop or stripper.is_identity_header(name):
+            key = header_key(name)
+            if key in drop or stripper.is_identity_header(name):
                 continue
-            if lower == "authorization" and not forward_authorization:
+            if key == "authorization" and not forward_authorization:
                 continue
             headers.add(name, value)
         trusted = is_trusted_peer(request.remote, self.compiled.trusted_proxies)

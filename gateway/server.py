@@ -11,25 +11,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion10, web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 
 from gateway.admin import admin_app
 from gateway.config import ConfigError, load_and_compile
-from gateway.config.compile import CompiledConfig
+from gateway.config.compile import CompiledConfig, ConnectionLimits
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
+from gateway.pipeline import errors
 from gateway.proxy import Gateway
+from gateway.upstream.headers import request_id
 
 log = get_logger("gateway.server")
-
-# Room for the request line and header names around a token of exactly `max_token_bytes`:
-# aiohttp's default (8190 bytes a header line) would refuse an 8192-byte token outright.
-HEADER_OVERHEAD = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +45,207 @@ class Address:
     def parse(cls, text: str) -> Address:
         host, _, port = text.rpartition(":")
         return cls(host.strip("[]"), int(port))
+
+
+class GuardedConnection(RequestHandler):
+    """aiohttp's handler of one client connection, with the bounds it lacks (``limits``).
+
+    aiohttp closes idle connections (``keepalive_timeout``: ``idle_timeout``) and bounds each
+    header line and their number, but lets a client spend forever on a request head sent a byte
+    at a time (slowloris), pause in the middle of a body for as long as it likes, and send up to
+    ``max_headers`` lines of the maximum length. Here, besides:
+
+    - a head must be complete within ``header_timeout`` of its first byte: else 408, closed;
+    - a body may pause at most ``body_timeout`` while the gateway is ready to read it: else the
+      request fails and the connection is closed (the clock starts when the head ends: a client
+      waiting for ``100 Continue`` waits while its token is checked);
+    - a head over ``max_head_bytes`` is refused with 431 (a head pipelined behind a body in the
+      same read is bounded only by aiohttp's limits on lines);
+    - framing that breaks in the middle of a body (a bad chunk size) fails the request reading
+      that body at once; aiohttp would leave it waiting for bytes it will never parse, and only
+      then answer 400 as if to a second request;
+    - an HTTP/0.9 request line (no version) is refused with 400, like any unparseable head.
+
+    It relies on RequestHandler internals (``_messages``, ``_upgraded``, ``_payload_parser``, the
+    read-pause flags); tests/hostile/test_slow_clients.py fails if they change.
+    """
+
+    def __init__(self, manager: web.Server, limits: ConnectionLimits, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._limits = limits
+        self._head_started: float | None = None  # first byte of a head not yet complete
+        self._head_bytes = 0
+        self._body: StreamReader | None = None  # the body of the last head parsed
+        self._body_read = 0.0  # when a piece of that body last came
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._upgraded or self._payload_parser is not None:
+            super().data_received(data)  # a WebSocket: frames, not requests
+            return
+        now = self._loop.time()
+        # No data: aiohttp re-parsing what it held back while its queue of requests was full.
+        if not data and self._parse(data):
+            self._head_started, self._head_bytes = None, 0
+        while data and not (self._close or self._force_close):
+            if self._in_body():
+                self._body_read = now
+                self._parse(data)
+                break
+            if self._head_started is None:
+                self._head_started = now
+            # Parse no more than the head may still grow by: a 1 MB head in one read is
+            # refused at 64 KiB, not read whole first.
+            budget = self._limits.max_head_bytes - self._head_bytes
+            piece, data = data[:budget], data[budget:]
+            if self._parse(piece):
+                self._head_started, self._head_bytes = None, 0
+                self._body_read = now
+            else:
+                self._head_bytes += len(piece)
+                if data:
+                    self._refuse(431, "the request headers are too large")
+        self._arm()
+
+    def _parse(self, data: bytes) -> bool:
+        """Feed aiohttp's parser; True when it completed at least one head (or gave up)."""
+        body, before = self._body, self._request_count
+        super().data_received(data)
+        added = self._request_count - before
+        if not added:
+            return False
+        for index in range(len(self._messages) - added, len(self._messages)):
+            message, payload = self._messages[index]
+            if not isinstance(message, _ErrInfo) and message.version < HttpVersion10:
+                # llhttp reads "GET /x\r\n" as HTTP/0.9: the header lines after it would be
+                # read as further requests, and the answer would carry an HTTP/0.9 status line.
+                refusal = BadHttpMessage("HTTP/0.9 requests are not accepted")
+                self._messages[index] = (_ErrInfo(400, refusal, refusal.message), payload)
+        message, payload = self._messages[-1]
+        if not isinstance(message, _ErrInfo):
+            self._body = payload
+        elif body is not None and not body.is_eof():
+            body.set_exception(RequestPayloadError("the request body is malformed"))
+            self.close()  # after that request: nothing further on this connection is trusted
+        return True
+
+    def _in_body(self) -> bool:
+        return self._body is not None and not self._body.is_eof()
+
+    def _expiry(self) -> float | None:
+        if self._upgraded or self._payload_parser is not None:
+            return None
+        if self._in_body():
+            return self._body_read + self._limits.body_timeout
+        if self._head_started is not None:
+            return self._head_started + self._limits.header_timeout
+        return None
+
+    def _arm(self) -> None:
+        """Schedule a check at the next expiry, unless one comes no later."""
+        expiry = self._expiry()
+        if expiry is None or (self._deadline is not None and self._deadline.when() <= expiry):
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self._loop.call_at(expiry, self._check)
+
+    def _check(self) -> None:
+        self._deadline = None
+        if self.transport is None or self._force_close:
+            return
+        now = self._loop.time()
+        if self._in_body() and (self._reading_paused or getattr(self, "_buffer_paused", False)):
+            self._body_read = now  # reading is paused: the gateway is behind, not the client
+        expiry = self._expiry()
+        if expiry is None:
+            return
+        if now < expiry:
+            self._arm()
+        elif self._in_body():
+            assert self._body is not None
+            log.info("connection_closed", reason="body_timeout", remote=_peer(self))
+            self._body.set_exception(RequestPayloadError("the request body timed out"))
+            self.force_close()
+        else:
+            log.info("connection_closed", reason="header_timeout", remote=_peer(self))
+            self._refuse(408, "the request headers did not arrive in time")
+
+    def _refuse(self, status: int, description: str) -> None:
+        """Answer ``status`` and close, or, with a response already under way, only close
+        once it is done (a second status line would be read as part of its body)."""
+        if self._request_in_progress or self._messages or self.transport is None:
+            self.close()
+            return
+        rid, phrase = request_id(None), HTTPStatus(status).phrase
+        error = phrase.lower().replace(" ", "_")  # request_timeout, ...
+        body = json.dumps({"error": error, "error_description": description, "request_id": rid})
+        head = (
+            f"HTTP/1.1 {status} {phrase}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"X-Request-Id: {rid}\r\nConnection: close\r\n\r\n"
+        )
+        self.transport.write((head + body).encode())
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse quotes the offending bytes back in
+        text/plain; the gateway's errors are JSON (SPEC §4) and never echo what was sent."""
+        super().handle_error(request, status, exc, message)  # logs; raises if a response began
+        rid = request_id(None)
+        if status >= 500:
+            response = errors.error_response(status, "server_error", "the request failed", rid)
+        else:
+            description = "the request is not valid HTTP/1.1"
+            response = errors.error_response(status, "invalid_request", description, rid)
+        response.headers["X-Request-Id"] = rid
+        response.force_close()
+        return response
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        super().connection_lost(exc)
+
+
+def _peer(handler: RequestHandler) -> str | None:
+    peer = handler.peername
+    return str(peer[0]) if isinstance(peer, tuple) else None
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server, handing each new connection to a :class:`GuardedConnection`
+    with the limits of the configuration current at that moment (a reload applies to the
+    connections opened after it)."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Any],
+        limits: Callable[[], ConnectionLimits],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._limits = limits
+
+    def __call__(self) -> RequestHandler:
+        limits = self._limits()
+        return GuardedConnection(
+            self,
+            limits,
+            loop=self._loop,
+            keepalive_timeout=limits.idle_timeout,
+            max_headers=limits.max_headers,
+            max_line_size=limits.max_line_bytes,
+            max_field_size=limits.max_line_bytes,
+            **self._kwargs,
+        )
 
 
 class GatewayServer:
@@ -126,12 +331,8 @@ class GatewayServer:
             await admin_site.start()
             self.admin_port = bound_port(admin_runner)
         await self.gateway.start()
-        field_limit = self.compiled.config.limits.max_token_bytes + HEADER_OVERHEAD
-        public = web.Server(
-            self._handle,
-            max_field_size=max(8190, field_limit),
-            max_line_size=max(8190, field_limit),
-        )
+        # Each new connection gets the limits of the configuration current when it opens.
+        public = GuardedServer(self._handle, lambda: self.compiled.connection)
         public_runner = web.ServerRunner(
             public, handle_signals=False, access_log=None, shutdown_timeout=timeout
         )
@@ -285,7 +486,6 @@ def _needs_restart(old: CompiledConfig, new: CompiledConfig) -> list[str]:
         ("listen", before.listen, after.listen),
         ("admin.listen", before.admin.listen, after.admin.listen),
         ("workers", before.workers, after.workers),
-        ("limits.max_token_bytes", before.limits.max_token_bytes, after.limits.max_token_bytes),
     ):
         if a != b:
             changed.append(name)

@@ -23,7 +23,7 @@ from gateway.pipeline.verify.fetch import plain_http_refused
 from gateway.upstream.target import UpstreamTarget
 
 from .problems import ConfigError, KeyPath, Problem
-from .schema import Auth, Config, Contains, Cors, Issuer, Upstream
+from .schema import Auth, Config, Contains, Cors, Issuer, Limits, Upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,37 @@ class IssuerSource:
     jwks_file: Path | None
 
 
+# Room for the request line and the other headers around a token of exactly `max_token_bytes`:
+# aiohttp's default (8190 bytes a header line) would refuse an 8192-byte token outright.
+HEAD_ROOM = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The public listener's bounds on one client connection (``limits``), as the server
+    applies them: what a slow, idle or oversized client may hold."""
+
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    max_headers: int
+    max_line_bytes: int  # the request line, and each header line
+    max_head_bytes: int  # the request line and every header together
+
+    @classmethod
+    def of(cls, limits: Limits) -> ConnectionLimits:
+        line = max(8190, limits.max_token_bytes + HEAD_ROOM)
+        return cls(
+            header_timeout=limits.header_timeout,
+            body_timeout=limits.body_timeout,
+            idle_timeout=limits.idle_timeout,
+            max_headers=limits.max_headers,
+            max_line_bytes=line,
+            # A token of the maximum size must always fit, whatever max_header_bytes says.
+            max_head_bytes=max(limits.max_header_bytes, line + HEAD_ROOM),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledConfig:
     config: Config
@@ -69,6 +100,7 @@ class CompiledConfig:
     upstreams: Mapping[str, UpstreamTarget]
     stripper: HeaderStripper
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    connection: ConnectionLimits
     warnings: list[Problem] = field(default_factory=list)
 
 
@@ -112,6 +144,7 @@ class _Compiler:
             upstreams=self.upstreams,
             stripper=HeaderStripper.of(config.identity.strip_prefixes, names),
             trusted_proxies=config.trusted_proxies,
+            connection=ConnectionLimits.of(config.limits),
             warnings=[p for p in self.problems if p.severity == "warning"],
         )
 

@@ -166,9 +166,38 @@ class Admin(Model):
     listen: ListenAddress = "127.0.0.1:9901"
 
 
+PositiveDuration = Annotated[Duration, Field(gt=0)]
+
+
 class Limits(Model):
+    """Per-request sizes, and the connection-level bounds that keep slow or oversized clients
+    from holding the gateway's connections and memory (slowloris, slow bodies, idle sockets)."""
+
     max_body_bytes: PositiveInt = 10 * 1024 * 1024
     max_token_bytes: PositiveInt = 8192
+    header_timeout: PositiveDuration = Field(
+        default=10.0,
+        description="a request's line and headers must all arrive within this time of their"
+        " first byte; otherwise 408 and the connection is closed (slowloris)",
+    )
+    body_timeout: PositiveDuration = Field(
+        default=60.0,
+        description="the longest pause between two pieces of a request body while the gateway"
+        " is ready to read; then the connection is closed",
+    )
+    idle_timeout: PositiveDuration = Field(
+        default=60.0,
+        description="a connection with no request in progress (kept alive, or just opened) is"
+        " closed after this long",
+    )
+    max_headers: PositiveInt = Field(
+        default=100, description="more request header lines than this: 400"
+    )
+    max_header_bytes: PositiveInt = Field(
+        default=65536,
+        description="a request line and headers larger than this, together: 431 (never less"
+        " than max_token_bytes + 2048, so that a token of the maximum size fits)",
+    )
 
 
 class RouteLimits(Model):

@@ -9,6 +9,7 @@ every input that different servers are known to read differently.
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote_to_bytes
 
 __all__ = ["AmbiguousPath", "normalize_path"]
 
@@ -48,7 +49,10 @@ def normalize_path(raw_path: str) -> str:
         # Only origin-form reaches us; a relative path has no defined meaning for routing.
         raise AmbiguousPath("path must start with '/'")
     _check_raw_characters(raw_path)
-    path = _normalize_escapes(raw_path) if "%" in raw_path else raw_path
+    path = raw_path
+    if "%" in raw_path:
+        path = _normalize_escapes(raw_path)
+        _check_utf8(path)
     if "//" not in path and "/." not in path:
         # Fast path: no empty segments and no segment starting with a dot, nothing to rewrite.
         return path
@@ -99,6 +103,18 @@ def _normalize_escape(match: re.Match[str]) -> str:
         return char
     # RFC 3986 §6.2.2.1: hex digits in escapes are case-insensitive; upper case is canonical.
     return "%" + hex_digits.upper()
+
+
+def _check_utf8(path: str) -> None:
+    """Reject escapes that do not decode to UTF-8 (RFC 3629 §3).
+
+    An overlong "%C0%AE" is "." to decoders that skip this check (IIS, CVE-2000-0884; Tomcat,
+    CVE-2008-2938): "/public/%C0%AE%C0%AE/admin" would be "/admin" behind the gateway's back.
+    """
+    try:
+        unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise AmbiguousPath("path contains percent escapes that are not UTF-8") from None
 
 
 def _remove_dot_segments(path: str) -> str:

@@ -31,15 +31,22 @@ class _BodyLimit:
         self.request = request
         self.limit = limit
         self.exceeded = False
+        self.malformed = False
 
     async def chunks(self) -> AsyncIterator[bytes]:
         received = 0
-        async for chunk in self.request.content.iter_chunked(CHUNK):
-            received += len(chunk)
-            if received > self.limit:
-                self.exceeded = True
-                raise aiohttp.ClientPayloadError("request body over the limit")
-            yield chunk
+        try:
+            async for chunk in self.request.content.iter_chunked(CHUNK):
+                received += len(chunk)
+                if received > self.limit:
+                    self.exceeded = True
+                    raise aiohttp.ClientPayloadError("request body over the limit")
+                yield chunk
+        except web.RequestPayloadError:
+            # The client's framing broke mid-body (a bad chunk size), or its body stalled past
+            # `body_timeout`: the client's fault, a 400, not the upstream's (502).
+            self.malformed = True
+            raise
 
 
 @dataclass(slots=True)
@@ -111,6 +118,8 @@ async def forward(
             return Forwarded(errors.too_large(request_id), upstream_seconds)
         if response is not None and response.prepared:
             return Forwarded(_cut(request, response), upstream_seconds)
+        if limit.malformed:
+            return Forwarded(errors.bad_request(request_id, "the request body is malformed"), None)
         return Forwarded(errors.bad_gateway(request_id), upstream_seconds)
 
 

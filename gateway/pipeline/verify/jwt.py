@@ -315,7 +315,13 @@ def _check_header(header: dict[str, Any]) -> Denial | None:
         return malformed()
     if "crit" in header:
         crit = header["crit"]
-        if not isinstance(crit, list) or not crit or any(c not in _KNOWN_CRIT for c in crit):
+        # A member that is not a string (`"crit": [[]]`) is malformed too, and must not reach
+        # the set lookup: a list is unhashable, and the TypeError would be a 500.
+        if (
+            not isinstance(crit, list)
+            or not crit
+            or any(not isinstance(c, str) or c not in _KNOWN_CRIT for c in crit)
+        ):
             return malformed("the token requires an unsupported extension")
     if "b64" in header or "enc" in header or "zip" in header:
         return malformed("only compact signed tokens are accepted")
