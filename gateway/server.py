@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -377,13 +377,8 @@ class GatewayServer:
                     load_and_compile, self.config_path, self._environ
                 )
             except (ConfigError, OSError) as error:
-                problems = (
-                    [p.describe(str(self.config_path)) for p in error.problems]
-                    if isinstance(error, ConfigError)
-                    else [f"{self.config_path}: cannot read: {error}"]
-                )
                 self._count_reload("error")
-                log.error("config_reload_failed", problems=problems)
+                log.error("config_reload_failed", problems=reload_problems(error, self.config_path))
                 return False
             for setting in _needs_restart(self.compiled, compiled):
                 log.warning("config_reload_restart_needed", setting=setting)
@@ -418,13 +413,7 @@ class GatewayServer:
     async def watch(self, interval: float = 1.0) -> None:
         """Reload whenever the file's content changes (``--watch``), polling every ``interval``."""
         assert self.config_path is not None
-        seen = file_digest(self.config_path)
-        while True:
-            await asyncio.sleep(interval)
-            current = file_digest(self.config_path)
-            if current is not None and current != seen:
-                seen = current
-                await self.reload()
+        await watch_file(self.config_path, interval, self.reload)
 
     async def stop(self) -> None:
         """Readiness off at once, stop accepting, let requests in flight finish (up to
@@ -476,6 +465,26 @@ def file_digest(path: Path) -> bytes | None:
         return hashlib.sha256(path.read_bytes()).digest()
     except OSError:
         return None
+
+
+async def watch_file(
+    path: Path, interval: float, on_change: Callable[[], Awaitable[object]]
+) -> None:
+    """Call ``on_change`` whenever the file's content changes, checking every ``interval``."""
+    seen = file_digest(path)
+    while True:
+        await asyncio.sleep(interval)
+        current = file_digest(path)
+        if current is not None and current != seen:
+            seen = current
+            await on_change()
+
+
+def reload_problems(error: ConfigError | OSError, path: Path | str) -> list[str]:
+    """What a failed reload logs: each problem with the file, line and key path."""
+    if isinstance(error, ConfigError):
+        return [problem.describe(str(path)) for problem in error.problems]
+    return [f"{path}: cannot read: {error}"]
 
 
 def _needs_restart(old: CompiledConfig, new: CompiledConfig) -> list[str]:

@@ -29,7 +29,7 @@ from gateway.config import ConfigError, load_and_compile
 from gateway.config.compile import CompiledConfig
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import forget_process, multiprocess_exposition
-from gateway.server import Address, bound_port, file_digest
+from gateway.server import Address, bound_port, reload_problems, watch_file
 
 log = get_logger("gateway.workers")
 
@@ -176,27 +176,13 @@ class Supervisor:
             try:
                 await asyncio.to_thread(load_and_compile, self.config_path)
             except (ConfigError, OSError) as error:
-                problems = (
-                    [p.describe(self.config_path) for p in error.problems]
-                    if isinstance(error, ConfigError)
-                    else [f"{self.config_path}: cannot read: {error}"]
-                )
                 self._reloads.labels("error").inc()
-                log.error("config_reload_failed", problems=problems)
+                log.error("config_reload_failed", problems=reload_problems(error, self.config_path))
                 return False
             self._signal_workers(signal.SIGHUP)
             self._reloads.labels("ok").inc()
             log.info("config_reload_forwarded", workers=len(self._processes))
             return True
-
-    async def _watch_file(self, interval: float) -> None:
-        seen = file_digest(Path(self.config_path))
-        while True:
-            await asyncio.sleep(interval)
-            current = file_digest(Path(self.config_path))
-            if current is not None and current != seen:
-                seen = current
-                await self.reload()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -224,7 +210,8 @@ class Supervisor:
             await self._spawn()
         watcher = asyncio.ensure_future(self._watch_workers())
         if self._watch is not None:
-            background.add(asyncio.ensure_future(self._watch_file(self._watch)))
+            watcher_task = watch_file(Path(self.config_path), self._watch, self.reload)
+            background.add(asyncio.ensure_future(watcher_task))
         log.info(
             "supervisor_started",
             workers=self.count,
