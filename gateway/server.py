@@ -19,7 +19,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from aiohttp import HttpVersion10, web
+from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
@@ -64,7 +64,8 @@ class GuardedConnection(RequestHandler):
     - framing that breaks in the middle of a body (a bad chunk size) fails the request reading
       that body at once; aiohttp would leave it waiting for bytes it will never parse, and only
       then answer 400 as if to a second request;
-    - an HTTP/0.9 request line (no version) is refused with 400, like any unparseable head.
+    - a request line of HTTP/0.9 (no version) or HTTP/2.0 is refused with 400, like any other
+      version but 1.0 and 1.1 and any unparseable head.
 
     It relies on RequestHandler internals (``_messages``, ``_upgraded``, ``_payload_parser``, the
     read-pause flags); tests/hostile/test_slow_clients.py fails if they change.
@@ -116,10 +117,11 @@ class GuardedConnection(RequestHandler):
             return False
         for index in range(len(self._messages) - added, len(self._messages)):
             message, payload = self._messages[index]
-            if not isinstance(message, _ErrInfo) and message.version < HttpVersion10:
-                # llhttp reads "GET /x\r\n" as HTTP/0.9: the header lines after it would be
-                # read as further requests, and the answer would carry an HTTP/0.9 status line.
-                refusal = BadHttpMessage("HTTP/0.9 requests are not accepted")
+            if not isinstance(message, _ErrInfo) and message.version.major != 1:
+                # llhttp reads "GET /x\r\n" as HTTP/0.9 (the header lines after it would be
+                # read as further requests) and accepts "HTTP/2.0" in a request line; aiohttp
+                # would answer either with that version in its status line.
+                refusal = BadHttpMessage(f"HTTP/{message.version.major} is not served here")
                 self._messages[index] = (_ErrInfo(400, refusal, refusal.message), payload)
         message, payload = self._messages[-1]
         if not isinstance(message, _ErrInfo):

@@ -299,6 +299,26 @@ async def test_ambiguous_framing_is_refused_with_400_and_nothing_is_forwarded(
     assert recorder.request_lines == []
 
 
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /open/a HTTP/2.0", b"GET /open/a HTTP/3.0", b"GET /open/a HTTP/1.2", b"PRI * HTTP/2.0"],
+)
+async def test_a_request_of_an_http_version_other_than_1_0_and_1_1_is_refused_with_an_http_1_400(
+    gateway: RunningGateway, recorder: Recorder, request_line: bytes
+) -> None:
+    # Alone on its connection: llhttp parses "HTTP/2.0" and, left alone, aiohttp would forward
+    # it and answer with "HTTP/2.0" in its status line, which no HTTP/1 client can read.
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.public_port)
+    try:
+        writer.write(request_line + b"\r\nHost: gw\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), IO_TIMEOUT)
+    finally:
+        writer.close()
+    assert raw.startswith((b"HTTP/1.0 400 ", b"HTTP/1.1 400 ")), raw[:40]
+    assert b"application/json" in raw.split(b"\r\n\r\n", 1)[0]
+    assert recorder.request_lines == []
+
+
 @pytest.mark.parametrize("case", WELL_FRAMED.values(), ids=WELL_FRAMED.keys())
 async def test_unusual_but_well_defined_framing_is_read_as_exactly_one_request(
     gateway: RunningGateway, recorder: Recorder, case: bytes
