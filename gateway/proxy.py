@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -16,6 +18,7 @@ from yarl import URL
 
 from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.issuers import Issuers
+from gateway.observe.logs import enabled as logs_enabled
 from gateway.observe.logs import get_logger, token_fingerprint
 from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics, method_label
 from gateway.observe.trace import trace_id
@@ -47,6 +50,13 @@ from gateway.upstream.headers import (
 from gateway.upstream.websocket import is_websocket_upgrade, proxy_websocket
 
 log = get_logger("gateway")
+
+# Request headers never sent upstream, compared like identity headers, with "_" equal to "-": a
+# CGI or WSGI backend reads X_Original_URL and X_Forwarded_For as the headers removed here.
+_NEVER_FORWARDED = frozenset(
+    header_key(name)
+    for name in HOP_BY_HOP | PATH_OVERRIDES | PEER_DESCRIPTIONS | {"host", "x-request-id", "expect"}
+)
 
 
 @dataclass(slots=True)
@@ -84,6 +94,9 @@ class Gateway:
         )
         self.upstreams = UpstreamClients(compiled.upstreams)
         self.max_token_bytes = compiled.config.limits.max_token_bytes
+        # Labelled metric series by (route, method, status); bounded by the route table.
+        self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
+        self._allowed: dict[str, Any] = {}  # auth_decisions{result="allow"} by route
 
     async def start(self) -> None:
         await self.issuers.start()
@@ -218,7 +231,12 @@ class Gateway:
             exchange.denial = result
             self.metrics.auth_decisions.labels(route.name, "deny", result.reason).inc()
             return errors.denial_response(result, exchange.request_id)
-        self.metrics.auth_decisions.labels(route.name, "allow", "none").inc()
+        allowed = self._allowed.get(route.name)
+        if allowed is None:
+            allowed = self._allowed[route.name] = self.metrics.auth_decisions.labels(
+                route.name, "allow", "none"
+            )
+        allowed.inc()
         return result, body
 
     async def check_token(
@@ -243,17 +261,14 @@ class Gateway:
         body: bytes | None,
     ) -> web.StreamResponse:
         rid = exchange.request_id
-        target = route.upstream
         assert exchange.path is not None
-        # encoded=True: the path is already canonical and the query must reach the upstream byte
-        # for byte; a plain string would be re-quoted by yarl (``%2f`` -> ``/``, ``%7E`` -> ``~``).
-        url = URL(
-            target.origin + route.upstream_path(exchange.path) + (f"?{query}" if query else ""),
-            encoded=True,
-        )
+        # The path is already canonical and the query reaches the upstream byte for byte.
+        target = route.upstream_path(exchange.path) + (f"?{query}" if query else "")
         headers = self.upstream_headers(request, route, exchange)
-        pool = self.upstreams.pool(target)
+        pool = self.upstreams.pool(route.upstream)
         if is_websocket_upgrade(request):
+            # encoded=True: a plain string would be re-quoted by yarl (``%2f`` -> ``/``).
+            url = URL(route.upstream.origin + target, encoded=True)
             response = await proxy_websocket(
                 request, pool=pool, url=url, headers=headers, request_id=rid
             )
@@ -265,7 +280,7 @@ class Gateway:
         result = await forward(
             request,
             pool=pool,
-            url=url,
+            target=target,
             headers=headers,
             max_body_bytes=route.max_body_bytes,
             request_id=rid,
@@ -284,17 +299,15 @@ class Gateway:
         removed; forwarding, request id and (after authorisation) identity headers set."""
         incoming = request.headers
         stripper = self.compiled.stripper
-        names = HOP_BY_HOP | connection_tokens(incoming) | PATH_OVERRIDES | PEER_DESCRIPTIONS
-        # Compared like identity headers, with "_" equal to "-": a CGI or WSGI backend reads
-        # X_Original_URL and X_Forwarded_For as the headers removed here.
-        drop = {header_key(name) for name in names} | {"host", "x-request-id", "expect"}
-        forward_authorization = self.compiled.config.identity.forward_authorization
+        drop = _NEVER_FORWARDED
+        if "Connection" in incoming:
+            drop = drop | {header_key(name) for name in connection_tokens(incoming)}
+        if not self.compiled.config.identity.forward_authorization:
+            drop = drop | {"authorization"}
         headers: CIMultiDict[str] = CIMultiDict()
         for name, value in incoming.items():
             key = header_key(name)
-            if key in drop or stripper.is_identity_header(name):
-                continue
-            if key == "authorization" and not forward_authorization:
+            if key in drop or stripper.is_identity_key(key):
                 continue
             headers.add(name, value)
         trusted = is_trusted_peer(request.remote, self.compiled.trusted_proxies)
@@ -351,10 +364,22 @@ class Gateway:
         # Labels are bounded: a route name from the configuration, never the path.
         route = exchange.route.name if exchange.route else UNMATCHED_ROUTE
         elapsed = time.perf_counter() - exchange.started
-        self.metrics.requests.labels(route, method_label(exchange.method), str(status)).inc()
-        self.metrics.request_duration.labels(route).observe(elapsed)
+        key = (route, method_label(exchange.method), status)
+        series = self._series.get(key)
+        if series is None:  # looking labels up costs more than counting: once per kind
+            metrics = self.metrics
+            series = self._series[key] = (
+                metrics.requests.labels(route, key[1], str(status)),
+                metrics.request_duration.labels(route),
+                metrics.upstream_duration.labels(route),
+            )
+        requests, duration, upstream_duration = series
+        requests.inc()
+        duration.observe(elapsed)
         if exchange.upstream_seconds is not None:
-            self.metrics.upstream_duration.labels(route).observe(exchange.upstream_seconds)
+            upstream_duration.observe(exchange.upstream_seconds)
+        if not logs_enabled(logging.INFO):
+            return
         # A log line that cannot be written (stdout closed, a full pipe) must not fail the
         # request it describes.
         with contextlib.suppress(OSError, ValueError):

@@ -33,9 +33,21 @@ class _StdoutHandler(logging.Handler):
             self.handleError(record)
 
 
+# The lowest level written (everything until configure_logging says otherwise).
+_min_level = logging.NOTSET
+
+
+def enabled(level: int) -> bool:
+    """Whether events of ``level`` are written: checked before building an event costs
+    anything (the per-request log is most of a request's Python time when it is off)."""
+    return level >= _min_level
+
+
 def configure_logging(log_format: LogFormat = "json", level: str = "info") -> None:
     """Route structlog (and the standard library's logging) to stdout in the chosen format."""
+    global _min_level
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    _min_level = numeric
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"

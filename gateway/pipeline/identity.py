@@ -8,12 +8,16 @@ header) and have it reach a backend that trusts those headers.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .decision import Identity
 from .verify.claims import claim_at
+
+# CR, LF, NUL and the other control characters but TAB (RFC 9110 §5.5).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def header_key(name: str) -> str:
@@ -36,7 +40,10 @@ class HeaderStripper:
         )
 
     def is_identity_header(self, name: str) -> bool:
-        key = header_key(name)
+        return self.is_identity_key(header_key(name))
+
+    def is_identity_key(self, key: str) -> bool:
+        """``is_identity_header`` for a name already made a ``header_key``."""
         return key in self.names or key.startswith(self.prefixes)
 
 
@@ -75,7 +82,7 @@ def _header_value(value: Any) -> str | None:
         # would reach the upstream as "admin" (another user); not written at all instead.
         return None
     # Never write CR, LF or NUL (header injection), nor other control characters.
-    if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         return None
     return text
 

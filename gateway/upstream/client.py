@@ -3,17 +3,26 @@
 When every connection of an upstream is busy a request waits up to ``connect_timeout`` for one,
 then is refused with 503 (SPEC §3 ``max_connections``): queueing without bound would only turn a
 slow backend into an outage of the gateway.
+
+Plain requests travel on the gateway's own HTTP/1.1 connections (``http1``); WebSocket
+handshakes go through an aiohttp ``ClientSession``, made only when a route first needs one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import aiohttp
 
+from .http1 import Http1Connection
 from .target import UpstreamTarget
+
+# An idle keep-alive connection is closed after this long (nginx's default keepalive_timeout is
+# 75 s, many frameworks use 5 s: an upstream closing first is handled, see ``connect``).
+IDLE_TIMEOUT = 15.0
 
 
 class UpstreamBusy(Exception):
@@ -21,15 +30,26 @@ class UpstreamBusy(Exception):
 
 
 class UpstreamPool:
-    """The client session and concurrency limit of one upstream."""
+    """The connections and concurrency limit of one upstream."""
 
-    def __init__(self, target: UpstreamTarget) -> None:
+    def __init__(self, target: UpstreamTarget, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.target = target
+        self.idle_timeout = idle_timeout
         self._slots = asyncio.Semaphore(target.max_connections)
+        self._idle: list[Http1Connection] = []  # most recently used last
+        self._sweep: asyncio.TimerHandle | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        port = "" if target.port == (443 if target.scheme == "https" else 80) else f":{target.port}"
+        self.host_line = f"Host: {host}{port}\r\n"  # what the upstream sees unless preserve_host
+        self.opened = 0  # connections made, for tests and metrics
+        # https upstreams: the system's trust store, the name in the URL verified.
+        self._tls = ssl.create_default_context() if target.scheme == "https" else None
 
     @property
     def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session for WebSocket handshakes."""
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
                 limit=self.target.max_connections,
@@ -52,16 +72,80 @@ class UpstreamPool:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of the upstream's connections for the length of a request."""
-        try:
-            await asyncio.wait_for(self._slots.acquire(), self.target.connect_timeout)
-        except TimeoutError:
-            raise UpstreamBusy(self.target.name) from None
+        slots = self._slots
+        if slots.locked():
+            try:
+                await asyncio.wait_for(slots.acquire(), self.target.connect_timeout)
+            except TimeoutError:
+                raise UpstreamBusy(self.target.name) from None
+        else:
+            await slots.acquire()  # free: no timer needed
         try:
             yield
         finally:
-            self._slots.release()
+            slots.release()
+
+    async def connect(self, *, fresh: bool = False) -> Http1Connection:
+        """An idle pooled connection, or a new one (``fresh``: always a new one).
+
+        Call within ``slot()``. Raises TimeoutError past ``connect_timeout``, OSError when the
+        upstream refuses."""
+        idle = self._idle
+        while idle and not fresh:
+            connection = idle.pop()
+            if connection.usable:
+                return connection
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.target.connect_timeout):
+            _, connection = await loop.create_connection(
+                Http1Connection,
+                self.target.host,
+                self.target.port,
+                ssl=self._tls,
+                server_hostname=self.target.host if self._tls else None,
+            )
+        self.opened += 1
+        return connection
+
+    def release(self, connection: Http1Connection) -> None:
+        """Return a connection after its exchange; kept only if it can carry another one."""
+        if not connection.finish() or self._closed:
+            connection.close()
+            return
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
+        self._idle.append(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.idle_timeout, self._expire)
+
+    def _expire(self) -> None:
+        """Close connections idle for ``idle_timeout``; runs while any are idle."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.idle_timeout
+        keep: list[Http1Connection] = []
+        for connection in self._idle:
+            if connection.idle_since <= cutoff or not connection.usable:
+                connection.close()
+            else:
+                keep.append(connection)
+        self._idle = keep
+        if keep:
+            wait = keep[0].idle_since + self.idle_timeout - loop.time()
+            self._sweep = loop.call_later(max(wait, 0.01), self._expire)
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
     async def close(self) -> None:
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for connection in self._idle:
+            connection.close()
+        self._idle.clear()
         if self._session is not None:
             await self._session.close()
 

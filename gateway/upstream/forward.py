@@ -2,51 +2,39 @@
 
 Bodies are streamed both ways, never held whole: a 100 MB upload costs a few chunks of memory.
 A body over the route's limit is refused with 413 as soon as it is known to be too large: at
-once by ``Content-Length``, or by counting when it is chunked.
+once by ``Content-Length``, or by counting when it is chunked. The upstream hop is the
+gateway's own HTTP/1.1 client (``http1``, pooled by ``client``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.pipeline import errors
 
 from .client import UpstreamBusy, UpstreamPool
-from .headers import response_headers
+from .headers import response_headers_from_lines
+from .http1 import Http1Connection, UpstreamError
 
 CHUNK = 64 * 1024
 
+# Methods whose request carries a body by definition: sent with "Content-Length: 0" when the
+# client sent none (RFC 9110 §8.6), as any HTTP/1.1 client library does.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
-class _BodyLimit:
-    """Counts a request body as it streams, stopping it past the limit."""
 
-    def __init__(self, request: web.BaseRequest, limit: int) -> None:
-        self.request = request
-        self.limit = limit
-        self.exceeded = False
-        self.malformed = False
+class _BodyError(Exception):
+    """The client's request body could not be forwarded: over the limit, or malformed."""
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        received = 0
-        try:
-            async for chunk in self.request.content.iter_chunked(CHUNK):
-                received += len(chunk)
-                if received > self.limit:
-                    self.exceeded = True
-                    raise aiohttp.ClientPayloadError("request body over the limit")
-                yield chunk
-        except web.RequestPayloadError:
-            # The client's framing broke mid-body (a bad chunk size), or its body stalled past
-            # `body_timeout`: the client's fault, a 400, not the upstream's (502).
-            self.malformed = True
-            raise
+    def __init__(self, *, exceeded: bool) -> None:
+        super().__init__("request body over the limit" if exceeded else "malformed request body")
+        self.exceeded = exceeded
 
 
 @dataclass(slots=True)
@@ -57,70 +45,195 @@ class Forwarded:
     upstream_seconds: float | None
 
 
+class _Deadline:
+    """The upstream ``timeout``: when it passes, the exchange's connection is aborted."""
+
+    __slots__ = ("connection", "expired")
+
+    def __init__(self) -> None:
+        self.connection: Http1Connection | None = None
+        self.expired = False
+
+    def __call__(self) -> None:
+        self.expired = True
+        if self.connection is not None:
+            self.connection.abort()
+
+    def watch(self, connection: Http1Connection) -> Http1Connection:
+        """Abort ``connection`` when the time is up (at once if it already is)."""
+        self.connection = connection
+        if self.expired:
+            connection.abort()
+        return connection
+
+
 async def forward(
     request: web.BaseRequest,
     *,
     pool: UpstreamPool,
-    url: URL,
+    target: str,
     headers: CIMultiDict[str],
     max_body_bytes: int,
     request_id: str,
     body: bytes | None = None,
     decorate: Callable[[CIMultiDict[str]], None] | None = None,
 ) -> Forwarded:
-    """Send the request to ``url`` and stream the upstream's answer to the client.
+    """Send the request to ``target`` (path and query) and stream the answer to the client.
 
     ``body`` is given when the request body was already read (a form searched for a second
     token); otherwise the body streams from the client, counted against ``max_body_bytes``.
     ``decorate`` adds the gateway's own headers to the upstream's answer before it is sent.
     """
-    limit = _BodyLimit(request, max_body_bytes)
-    data: bytes | AsyncIterator[bytes] | None = body
-    if body is None and request.body_exists:
-        data = limit.chunks()
+    streamed = body is None and request.body_exists
     started = time.perf_counter()
     upstream_seconds: float | None = None
     response: web.StreamResponse | None = None
+    connection: Http1Connection | None = None
+    sender: asyncio.Task[None] | None = None
+    loop = asyncio.get_running_loop()
+    deadline = _Deadline()
+    timer = loop.call_at(loop.time() + pool.target.timeout, deadline)
     try:
-        async with (
-            pool.slot(),
-            pool.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                skip_auto_headers=("Content-Type",),
-            ) as upstream,
-        ):
+        async with pool.slot():
+            head = _request_head(request.method, target, headers, pool, body, streamed)
+            connection = deadline.watch(await pool.connect())
+            if streamed:
+                connection.begin(head, no_body=request.method == "HEAD")
+                sender = asyncio.ensure_future(
+                    _send_body(connection, request, max_body_bytes, "Content-Length" in headers)
+                )
+                await _first_of(sender, connection)
+            else:
+                connection = await _begin(pool, connection, head, body, request.method, deadline)
+            status, reason, lines = await connection.response()
             upstream_seconds = time.perf_counter() - started
             response = web.StreamResponse(
-                status=upstream.status,
-                reason=upstream.reason,
-                headers=response_headers(upstream.headers),
+                status=status,
+                reason=reason.decode("latin-1"),
+                headers=response_headers_from_lines(lines),
             )
             response.headers["X-Request-Id"] = request_id
             if decorate is not None:
                 decorate(response.headers)
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-            await response.write_eof()
+            whole = connection.body_if_complete()
+            if whole is not None:
+                await response.write_eof(whole)
+            else:
+                while chunk := await connection.read():
+                    await response.write(chunk)
+                await response.write_eof()
             return Forwarded(response, upstream_seconds)
     except UpstreamBusy:
         return Forwarded(errors.upstream_busy(request_id), None)
-    except (TimeoutError, aiohttp.ServerTimeoutError):
-        if response is not None and response.prepared:
-            return Forwarded(_cut(request, response), upstream_seconds)
-        return Forwarded(errors.gateway_timeout(request_id), upstream_seconds)
-    except (aiohttp.ClientError, OSError):
-        if limit.exceeded:
+    except _BodyError as error:
+        if error.exceeded:
             return Forwarded(errors.too_large(request_id), upstream_seconds)
+        return Forwarded(errors.bad_request(request_id, "the request body is malformed"), None)
+    except (TimeoutError, UpstreamError, OSError) as error:
+        timed_out = deadline.expired or isinstance(error, TimeoutError)
         if response is not None and response.prepared:
             return Forwarded(_cut(request, response), upstream_seconds)
-        if limit.malformed:
-            return Forwarded(errors.bad_request(request_id, "the request body is malformed"), None)
+        if timed_out:
+            return Forwarded(errors.gateway_timeout(request_id), upstream_seconds)
         return Forwarded(errors.bad_gateway(request_id), upstream_seconds)
+    finally:
+        timer.cancel()
+        if sender is not None and not sender.done():
+            sender.cancel()
+            if connection is not None:
+                connection.reusable = False  # the request was never sent whole
+        if connection is not None:
+            pool.release(connection)
+
+
+def _request_head(
+    method: str,
+    target: str,
+    headers: CIMultiDict[str],
+    pool: UpstreamPool,
+    body: bytes | None,
+    streamed: bool,
+) -> bytes:
+    parts = [f"{method} {target} HTTP/1.1\r\n"]
+    if "Host" not in headers:
+        parts.append(pool.host_line)
+    parts.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+    if streamed:
+        if "Content-Length" not in headers:
+            parts.append("Transfer-Encoding: chunked\r\n")
+    elif body is None and method in _BODY_METHODS and "Content-Length" not in headers:
+        parts.append("Content-Length: 0\r\n")
+    parts.append("\r\n")
+    head = "".join(parts)
+    # Every value was checked where it came from (the client's by llhttp, identity headers
+    # when made): a line break or NUL here would be a bug, never sent as a header of its own.
+    lines = len(parts)
+    if head.count("\n") != lines or head.count("\r") != lines or "\0" in head:
+        raise UpstreamError("refusing to send a request head with a line break in a value")
+    return head.encode("utf-8", "surrogateescape")
+
+
+async def _begin(
+    pool: UpstreamPool,
+    connection: Http1Connection,
+    head: bytes,
+    body: bytes | None,
+    method: str,
+    deadline: _Deadline,
+) -> Http1Connection:
+    """Send a request whose body is known; once more on a new connection when a reused one
+    turns out to have been closed by the upstream before it answered (a keep-alive race)."""
+    data = head + body if body else head
+    connection.begin(data, no_body=method == "HEAD")
+    if not connection.reused:
+        return connection
+    try:
+        await connection.response()
+        return connection
+    except UpstreamError:
+        if connection.started or deadline.expired:
+            raise
+    pool.release(connection)
+    connection = deadline.watch(await pool.connect(fresh=True))
+    connection.begin(data, no_body=method == "HEAD")
+    return connection
+
+
+async def _send_body(
+    connection: Http1Connection, request: web.BaseRequest, limit: int, sized: bool
+) -> None:
+    """Stream the client's body upstream, counted against ``limit`` as it goes."""
+    received = 0
+    try:
+        async for chunk in request.content.iter_chunked(CHUNK):
+            received += len(chunk)
+            if received > limit:
+                raise _BodyError(exceeded=True)
+            if sized:
+                await connection.write(chunk)
+            elif chunk:
+                await connection.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+    except web.RequestPayloadError:
+        # The client's framing broke mid-body (a bad chunk size), or its body stalled past
+        # `body_timeout`: the client's fault, a 400, not the upstream's (502).
+        raise _BodyError(exceeded=False) from None
+    if not sized:
+        await connection.write(b"0\r\n\r\n")
+
+
+async def _first_of(sender: asyncio.Task[None], connection: Http1Connection) -> None:
+    """Wait until the body is sent or the upstream answers, whichever is first; an upstream may
+    answer (413, 401) before it has read a body, and that answer is relayed."""
+    answer = connection.answer
+    await asyncio.wait((sender, answer), return_when=asyncio.FIRST_COMPLETED)
+    if not sender.done():
+        return
+    error = sender.exception()
+    if isinstance(error, _BodyError):
+        raise error  # 413 or 400, whatever the upstream said
+    if error is not None and not (answer.done() and answer.exception() is None):
+        raise error  # the upstream failed while the body was sent, and never answered
 
 
 def _cut(request: web.BaseRequest, response: web.StreamResponse) -> web.StreamResponse:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from random import getrandbits
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -51,7 +51,9 @@ def request_id(incoming: str | None) -> str:
     """The client's ``X-Request-Id`` when it is a safe token, otherwise a fresh one."""
     if incoming is not None and _REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    # 128 random bits in uuid4's hex form, without a system call per request: an id tells
+    # requests apart in logs, it grants nothing.
+    return f"{getrandbits(128):032x}"
 
 
 def connection_tokens(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> set[str]:
@@ -111,4 +113,24 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     for name, value in upstream.items():
         if name.lower() not in drop:
             out.add(name, value)
+    return out
+
+
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+
+
+def response_headers_from_lines(lines: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """The upstream's response header lines, as parsed, less the hop-by-hop ones (including
+    any that its ``Connection`` header names)."""
+    drop = _HOP_BY_HOP_BYTES
+    for name, value in lines:
+        if name.lower() == b"connection":
+            named = {t.strip().lower() for t in value.split(b",")}
+            drop = drop | named
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in lines:
+        if name.lower() not in drop:
+            out.add(
+                name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
+            )
     return out

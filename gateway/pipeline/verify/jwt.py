@@ -27,7 +27,7 @@ from gateway.observe.metrics import Metrics
 
 from ..decision import Denial, VerifiedToken
 from .claims import claim_type_denial, lifetime_denial, malformed, parse_scopes
-from .jwks import KeySource, SigningKey
+from .jwks import KeySet, KeySource, SigningKey
 
 # joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
 # "Ed25519"; identity providers still sign with "EdDSA" and operators allow it explicitly in
@@ -129,6 +129,10 @@ def unverified_issuer(token: str) -> str | None:
     return iss if isinstance(iss, str) else None
 
 
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
@@ -142,6 +146,7 @@ class _Verified:
 
     token: VerifiedToken
     key: SigningKey
+    published: KeySet  # the issuer's key set in which ``key`` was last seen
 
 
 class JwtVerifier:
@@ -168,22 +173,35 @@ class JwtVerifier:
         self._clock = clock
         self._metrics = metrics
         self._verified: LRUCache[bytes, _Verified] = LRUCache(cache_size)
+        self._hits = metrics.token_cache.labels("jwt", "hit") if metrics else None
+        self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
+
+    def remembers(self, token: str, allowed: Collection[str] | None = None) -> bool:
+        """Whether ``token`` checked out here before for an issuer in ``allowed`` (and so is a
+        JWT to check locally)."""
+        entry = self._verified.get(_digest(token))
+        return entry is not None and (allowed is None or entry.token.issuer in allowed)
 
     def _remembered(self, digest: bytes, allowed: Collection[str] | None) -> _Verified | None:
         entry = self._verified.get(digest)
         if entry is not None:
             issuer = self._issuers.get(entry.token.issuer)
-            usable = (
-                issuer is not None
-                and (allowed is None or issuer.name in allowed)
-                and not issuer.keys.stale
-                # A key withdrawn from the JWKS (rotated out, revoked) takes its tokens with it.
-                and any(key is entry.key for key in issuer.keys.keys.keys)
-            )
-            if not usable:
+            if (
+                issuer is None
+                or (allowed is not None and issuer.name not in allowed)
+                or issuer.keys.stale
+            ):
                 entry = None
-        if self._metrics is not None:
-            self._metrics.token_cache.labels("jwt", "hit" if entry else "miss").inc()
+            elif (published := issuer.keys.keys) is not entry.published:
+                # The key set changed since: a key withdrawn from the JWKS (rotated out,
+                # revoked) takes its tokens with it.
+                if any(key is entry.key for key in published.keys):
+                    entry = self._verified[digest] = _Verified(entry.token, entry.key, published)
+                else:
+                    entry = None
+        counter = self._hits if entry is not None else self._misses
+        if counter is not None:
+            counter.inc()
         return entry
 
     async def verify(
@@ -194,7 +212,7 @@ class JwtVerifier:
         ``check_lifetime=False`` (for ``gateway explain``) returns an expired token's claims so
         that every other reason can be reported too; see :meth:`lifetime_denial`.
         """
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        digest = _digest(token)
         if (entry := self._remembered(digest, allowed)) is not None:
             verified = entry.token
             if check_lifetime and (
@@ -262,7 +280,7 @@ class JwtVerifier:
             claims=payload,
             scopes=parse_scopes(payload, issuer.scope_claim),
         )
-        return _Verified(verified, signer)
+        return _Verified(verified, signer, issuer.keys.keys)
 
     async def _keys_for(
         self, issuer: IssuerKeys, kid: str | None, alg: str

@@ -56,18 +56,24 @@ class TokenVerifier:
         self._jwt = jwt
         self._issuers = issuers
         self._clock = clock
+        # Whether any JWT is ever introspected; if none is, a JWT's claimed issuer need not be
+        # read before it is verified.
+        self._introspects_jwts = any(p.introspect_jwts and p.introspector for p in issuers.values())
 
     async def verify(
         self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
     ) -> VerifiedToken | Denial:
-        candidates = self._candidates(allowed)
         if is_compact_jws(token):
+            # A JWT checked here before needs no look at its issuer first.
+            if not self._introspects_jwts or self._jwt.remembers(token, allowed):
+                return await self._jwt.verify(token, allowed, check_lifetime=check_lifetime)
+            candidates = self._candidates(allowed)
             iss = unverified_issuer(token)
             same = [p for p in candidates if p.issuer == iss]
             if same and all(p.introspect_jwts and p.introspector for p in same):
                 return await self._introspect(token, same, check_lifetime)
             return await self._jwt.verify(token, allowed, check_lifetime=check_lifetime)
-        introspecting = [p for p in candidates if p.introspector is not None]
+        introspecting = [p for p in self._candidates(allowed) if p.introspector is not None]
         if not introspecting:
             return malformed("the token is not a JWT, and no issuer here introspects tokens")
         return await self._introspect(token, introspecting, check_lifetime)
