@@ -72,6 +72,15 @@ class UpstreamPool:
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         """Hold one of the upstream's connections for the length of a request."""
+        await self.take_slot()
+        try:
+            yield
+        finally:
+            self.free_slot()
+
+    async def take_slot(self) -> None:
+        """``slot()`` without a context manager (the forwarder's hot path): pair each call
+        that returns with one ``free_slot()``."""
         slots = self._slots
         if slots.locked():
             try:
@@ -80,10 +89,9 @@ class UpstreamPool:
                 raise UpstreamBusy(self.target.name) from None
         else:
             await slots.acquire()  # free: no timer needed
-        try:
-            yield
-        finally:
-            slots.release()
+
+    def free_slot(self) -> None:
+        self._slots.release()
 
     async def connect(self, *, fresh: bool = False) -> Http1Connection:
         """An idle pooled connection, or a new one (``fresh``: always a new one).

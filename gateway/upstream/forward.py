@@ -93,37 +93,39 @@ async def forward(
     loop = asyncio.get_running_loop()
     deadline = _Deadline()
     timer = loop.call_at(loop.time() + pool.target.timeout, deadline)
+    slot = False
     try:
-        async with pool.slot():
-            head = _request_head(request.method, target, headers, pool, body, streamed)
-            connection = deadline.watch(await pool.connect())
-            if streamed:
-                connection.begin(head, no_body=request.method == "HEAD")
-                sender = asyncio.ensure_future(
-                    _send_body(connection, request, max_body_bytes, "Content-Length" in headers)
-                )
-                await _first_of(sender, connection)
-            else:
-                connection = await _begin(pool, connection, head, body, request.method, deadline)
-            status, reason, lines = await connection.response()
-            upstream_seconds = time.perf_counter() - started
-            response = web.StreamResponse(
-                status=status,
-                reason=reason.decode("latin-1"),
-                headers=response_headers_from_lines(lines),
+        await pool.take_slot()
+        slot = True
+        head = _request_head(request.method, target, headers, pool, body, streamed)
+        connection = deadline.watch(await pool.connect())
+        if streamed:
+            connection.begin(head, no_body=request.method == "HEAD")
+            sender = asyncio.ensure_future(
+                _send_body(connection, request, max_body_bytes, "Content-Length" in headers)
             )
-            response.headers["X-Request-Id"] = request_id
-            if decorate is not None:
-                decorate(response.headers)
-            await response.prepare(request)
-            whole = connection.body_if_complete()
-            if whole is not None:
-                await response.write_eof(whole)
-            else:
-                while chunk := await connection.read():
-                    await response.write(chunk)
-                await response.write_eof()
-            return Forwarded(response, upstream_seconds)
+            await _first_of(sender, connection)
+        else:
+            connection = await _begin(pool, connection, head, body, request.method, deadline)
+        status, reason, lines = await connection.response()
+        upstream_seconds = time.perf_counter() - started
+        response = web.StreamResponse(
+            status=status,
+            reason=reason.decode("latin-1"),
+            headers=response_headers_from_lines(lines),
+        )
+        response.headers["X-Request-Id"] = request_id
+        if decorate is not None:
+            decorate(response.headers)
+        await response.prepare(request)
+        whole = connection.body_if_complete()
+        if whole is not None:
+            await response.write_eof(whole)
+        else:
+            while chunk := await connection.read():
+                await response.write(chunk)
+            await response.write_eof()
+        return Forwarded(response, upstream_seconds)
     except UpstreamBusy:
         return Forwarded(errors.upstream_busy(request_id), None)
     except _BodyError as error:
@@ -144,7 +146,9 @@ async def forward(
             if connection is not None:
                 connection.reusable = False  # the request was never sent whole
         if connection is not None:
-            pool.release(connection)
+            pool.release(connection)  # before the slot: whoever takes it finds the connection
+        if slot:
+            pool.free_slot()
 
 
 def _request_head(
