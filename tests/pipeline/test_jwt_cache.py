@@ -107,3 +107,34 @@ async def test_a_bad_signature_is_never_cached() -> None:
         assert isinstance(result, Denial)
     assert subject.signature_checks == 2
     assert subject.hits() == 0
+
+
+async def test_a_cached_token_leaves_the_cache_once_it_expires() -> None:
+    # Expired entries would otherwise sit in memory until evicted by newer ones.
+    subject = await counted()
+    good = token(exp=NOW + 60)
+    await subject.verifier.verify(good)
+    assert subject.verifier.remembers(good)
+    subject.clock.now = NOW + 60 + 31  # past exp and the 30 s leeway
+    assert not subject.verifier.remembers(good)
+
+
+async def test_a_cached_token_is_still_refused_on_a_route_that_does_not_accept_its_issuer() -> None:
+    subject = await counted()
+    good = token()
+    await subject.verifier.verify(good, ["corp"])
+    assert subject.verifier.remembers(good, ["corp"])
+    assert not subject.verifier.remembers(good, ["partner"])
+
+
+async def test_a_token_verified_again_after_a_key_rotation_keeps_one_signature_check() -> None:
+    # A refresh that publishes a new key set (same key, one more beside it) costs no
+    # signature check for tokens of the key still there.
+    subject = await counted()
+    good = token()
+    await subject.verifier.verify(good)
+    subject.corp_jwks.document = {"keys": [*A.jwks["keys"], *B.jwks["keys"]]}
+    await subject.stores["corp"].refresh()
+    for _ in range(2):
+        assert isinstance(await subject.verifier.verify(good), VerifiedToken)
+    assert subject.signature_checks == 1

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 import time
 import warnings
@@ -18,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import LRUCache
+from cachetools import TLRUCache
 from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jws import JWSRegistry
@@ -147,6 +148,11 @@ class _Verified:
     token: VerifiedToken
     key: SigningKey
     published: KeySet  # the issuer's key set in which ``key`` was last seen
+    expires: float  # when the entry goes: ``exp`` plus the issuer's leeway
+
+
+def _expiry(_digest: bytes, entry: _Verified, _now: float) -> float:
+    return entry.expires
 
 
 class JwtVerifier:
@@ -172,7 +178,8 @@ class JwtVerifier:
             self._by_iss.setdefault(keys.issuer, []).append(keys)
         self._clock = clock
         self._metrics = metrics
-        self._verified: LRUCache[bytes, _Verified] = LRUCache(cache_size)
+        # Least recently used first out when full; no entry outlives its token's `exp`.
+        self._verified: TLRUCache[bytes, _Verified] = TLRUCache(cache_size, _expiry, clock)
         self._hits = metrics.token_cache.labels("jwt", "hit") if metrics else None
         self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
 
@@ -196,7 +203,9 @@ class JwtVerifier:
                 # The key set changed since: a key withdrawn from the JWKS (rotated out,
                 # revoked) takes its tokens with it.
                 if any(key is entry.key for key in published.keys):
-                    entry = self._verified[digest] = _Verified(entry.token, entry.key, published)
+                    entry = self._verified[digest] = _Verified(
+                        entry.token, entry.key, published, entry.expires
+                    )
                 else:
                     entry = None
         counter = self._hits if entry is not None else self._misses
@@ -280,7 +289,11 @@ class JwtVerifier:
             claims=payload,
             scopes=parse_scopes(payload, issuer.scope_claim),
         )
-        return _Verified(verified, signer, issuer.keys.keys)
+        exp = payload.get("exp")
+        expires = math.inf
+        if isinstance(exp, int | float) and not isinstance(exp, bool):
+            expires = exp + issuer.leeway
+        return _Verified(verified, signer, issuer.keys.keys, expires)
 
     async def _keys_for(
         self, issuer: IssuerKeys, kid: str | None, alg: str
