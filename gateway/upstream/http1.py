@@ -12,8 +12,12 @@ leniencies) and keeping the rest small:
   client's ``Expect`` itself and never forwards it;
 - a response to HEAD has no body whatever its headers say; llhttp cannot be told so, so the
   connection is not reused after one;
-- a body without a length ends when the upstream closes the connection; every other early
-  close is an error (``UpstreamError``), never a short body taken as complete;
+- a body without a length ends when the upstream closes the connection cleanly (a FIN, not a
+  reset, nor the gateway's own abort); every other early close is an error
+  (``UpstreamError``), never a short body taken as complete;
+- only HTTP/1.0 and 1.1 answers with a status of 100-599 are taken; trailer fields are
+  dropped (they arrive after the head was passed on); anything after the final answer (a
+  second answer, stray bytes) is ignored and the connection is not used again;
 - both directions respect flow control: reading from the upstream pauses while
   ``READ_HIGH_WATER`` bytes wait for the client, and writes wait while the kernel's buffer is
   full.
@@ -29,6 +33,14 @@ import httptools
 
 # Bytes of response body held for the client before reading from the upstream pauses.
 READ_HIGH_WATER = 256 * 1024
+
+# The most an answer's status line and header fields may hold (aiohttp's client allowed 8190
+# bytes a line): llhttp has no bound of its own, and an upstream is not trusted to be sane.
+MAX_HEAD_BYTES = 64 * 1024
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing what is left of a read."""
 
 
 class UpstreamError(Exception):
@@ -52,6 +64,9 @@ class Http1Connection(asyncio.Protocol):
         self._started = False  # a byte of the answer has arrived
         self._interim = False  # the message being parsed is a 1xx
         self._until_close = False  # the body's end is the connection's end
+        self._in_trailers = False  # the final head is complete: header fields now are trailers
+        self._stray = False  # bytes came after the final answer
+        self._head_bytes = 0
         self._head: asyncio.Future[tuple[int, bytes, list[tuple[bytes, bytes]]]] | None = None
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -82,6 +97,8 @@ class Http1Connection(asyncio.Protocol):
         assert self.transport is not None and not self._active
         self._active, self._no_body, self._started = True, no_body, False
         self._interim = self._until_close = self._complete = False
+        self._in_trailers = self._stray = False
+        self._head_bytes = 0
         self._head = self._loop.create_future()
         self._reason, self._headers = b"", []
         self._chunks.clear()
@@ -174,8 +191,9 @@ class Http1Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._active:
+        if not self._active or self._complete or self._error is not None:
             # Bytes no request asked for: nothing later on this connection can be trusted.
+            self._stray = True
             self.abort()
             return
         try:
@@ -183,20 +201,27 @@ class Http1Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail("the upstream switched protocols unasked")
         except httptools.HttpParserError:
-            self._fail("the upstream's answer is not valid HTTP/1.1")
+            if self._stray:
+                self.abort()  # the answer before them stands
+            else:
+                self._fail("the upstream's answer is not valid HTTP/1.1")
 
     def eof_received(self) -> bool | None:
-        return None  # close the transport; connection_lost settles the exchange
+        # A clean close by the upstream: the end of a body that has no length. A reset, or
+        # the gateway's own abort, never comes here and so never ends a body as complete.
+        self.reusable = False
+        if self._active and not self._complete and self._until_close:
+            head = self._head
+            if head is not None and head.done() and not head.cancelled():
+                self._complete = True
+                self._wake()
+        return None  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self.reusable = False
         if self._active and not self._complete:
-            if self._until_close and self._head is not None and self._head.done():
-                self._complete = True  # a body without a length ends here
-                self._wake()
-            else:
-                self._fail("the upstream closed the connection")
+            self._fail("the upstream closed the connection")
         waiter, self._drain_waiter = self._drain_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_exception(UpstreamError("the upstream closed the connection"))
@@ -213,22 +238,39 @@ class Http1Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._complete:
+            # A second answer after the final one: never part of this exchange.
+            self._stray = True
+            self.reusable = False
+            raise _Stop
         self._started = True
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
+        self._count_head(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        self._count_head(len(name) + len(value))
+        if not self._in_trailers:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200:
+        if not 100 <= status <= 599:
+            self._fail(f"the upstream answered with status {status}")
+            raise _Stop
+        if self._parser.get_http_version() not in ("1.1", "1.0"):
+            self._fail("the upstream answered in another version than HTTP/1.x")
+            raise _Stop
+        if status < 200:
             # An interim answer; llhttp completes it as a message of its own.
             self._interim = True
             self._reason, self._headers = b"", []
             return
         self._until_close = self._reads_until_close(status)
+        if self._until_close:
+            self.reusable = False
+        self._in_trailers = True
         head = self._head
         if head is not None and not head.done():
             head.set_result((status, self._reason, self._headers))
@@ -261,15 +303,25 @@ class Http1Connection(asyncio.Protocol):
     def _reads_until_close(self, status: int) -> bool:
         if self._no_body or status in (204, 304):
             return False
+        length = False
         for name, value in self._headers:
             lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                # RFC 9112 §6.3: chunked framing only when chunked is the last coding.
+                return value.rpartition(b",")[2].strip().lower() != b"chunked"
             if lowered == b"content-length":
-                return False
-            if lowered == b"transfer-encoding" and b"chunked" in value.lower():
-                return False
-        return True
+                length = True
+        return not length
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._fail("the upstream's answer head is too large")
+            raise _Stop
 
     def _fail(self, message: str) -> None:
+        if self._error is not None:
+            return
         self._error = UpstreamError(message)
         self.abort()
         head = self._head
