@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
-from gateway.pipeline.verify.jwks import KeyStore
-from gateway.pipeline.verify.jwt import JwtVerifier, issuer_keys
+from gateway.pipeline.verify.jwks import KeySet, KeyStore, SigningKey
+from gateway.pipeline.verify.jwt import JwtVerifier, _Verified, _VerifiedCache, issuer_keys
 from tests.pipeline.test_jwt import ALL_ALGORITHMS, NOW, A, B, Clock, MemoryJwks, token
 
 
@@ -138,3 +138,31 @@ async def test_a_token_verified_again_after_a_key_rotation_keeps_one_signature_c
     for _ in range(2):
         assert isinstance(await subject.verifier.verify(good), VerifiedToken)
     assert subject.signature_checks == 1
+
+
+def test_expired_entries_are_swept_from_memory_even_if_never_looked_up_again() -> None:
+    clock = Clock()
+    cache = _VerifiedCache(100_000, clock)
+    token = VerifiedToken(issuer="corp", claims={}, scopes=frozenset())
+
+    def entry(expires: float) -> _Verified:
+        return _Verified(token, cast(SigningKey, None), KeySet(), expires)
+
+    for n in range(10):
+        cache[b"short-%d" % n] = entry(NOW + 1)
+    clock.now = NOW + 2
+    for n in range(_VerifiedCache.SWEEP_EVERY - 10):
+        cache[b"long-%d" % n] = entry(NOW + 3600)
+    assert len(cache) == _VerifiedCache.SWEEP_EVERY - 10
+
+
+def test_the_least_recently_used_entry_goes_first_when_the_cache_is_full() -> None:
+    cache = _VerifiedCache(2, Clock())
+    token = VerifiedToken(issuer="corp", claims={}, scopes=frozenset())
+    entry = _Verified(token, cast(SigningKey, None), KeySet(), NOW + 3600)
+    cache[b"a"] = entry
+    cache[b"b"] = entry
+    assert cache.get(b"a") is entry  # "b" is now the least recently used
+    cache[b"c"] = entry
+    assert cache.get(b"b") is None
+    assert cache.get(b"a") is entry and cache.get(b"c") is entry

@@ -15,11 +15,11 @@ import math
 import re
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import TLRUCache
 from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jws import JWSRegistry
@@ -151,8 +151,45 @@ class _Verified:
     expires: float  # when the entry goes: ``exp`` plus the issuer's leeway
 
 
-def _expiry(_digest: bytes, entry: _Verified, _now: float) -> float:
-    return entry.expires
+class _VerifiedCache:
+    """Verified tokens by digest: least recently used first out when full, and no entry used
+    past its token's ``exp`` (plus leeway). Expired entries are dropped when met and swept
+    every ``SWEEP_EVERY`` insertions, so none outlives its token for long in memory either.
+    (cachetools' TLRUCache does the same at six times the cost of a hit.)"""
+
+    SWEEP_EVERY = 1024
+
+    def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._maxsize = maxsize
+        self._clock = clock
+        self._inserted = 0
+
+    def get(self, digest: bytes) -> _Verified | None:
+        entries = self._entries
+        entry = entries.get(digest)
+        if entry is None:
+            return None
+        if entry.expires <= self._clock():
+            del entries[digest]
+            return None
+        entries.move_to_end(digest)
+        return entry
+
+    def __setitem__(self, digest: bytes, entry: _Verified) -> None:
+        entries = self._entries
+        entries[digest] = entry
+        entries.move_to_end(digest)
+        if len(entries) > self._maxsize:
+            entries.popitem(last=False)
+        self._inserted += 1
+        if self._inserted % self.SWEEP_EVERY == 0:
+            now = self._clock()
+            for stale in [d for d, e in entries.items() if e.expires <= now]:
+                del entries[stale]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class JwtVerifier:
@@ -178,8 +215,7 @@ class JwtVerifier:
             self._by_iss.setdefault(keys.issuer, []).append(keys)
         self._clock = clock
         self._metrics = metrics
-        # Least recently used first out when full; no entry outlives its token's `exp`.
-        self._verified: TLRUCache[bytes, _Verified] = TLRUCache(cache_size, _expiry, clock)
+        self._verified = _VerifiedCache(cache_size, clock)
         self._hits = metrics.token_cache.labels("jwt", "hit") if metrics else None
         self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
 
@@ -189,7 +225,22 @@ class JwtVerifier:
         entry = self._verified.get(_digest(token))
         return entry is not None and (allowed is None or entry.token.issuer in allowed)
 
-    def _remembered(self, digest: bytes, allowed: Collection[str] | None) -> _Verified | None:
+    def cached(
+        self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
+    ) -> VerifiedToken | Denial | None:
+        """The answer for a token that checked out before (its lifetime judged now), or None
+        when it has to be verified: the hot path, with no parsing and no signature check."""
+        entry = self._remembered(_digest(token), allowed, count_miss=False)
+        if entry is None:
+            return None
+        verified = entry.token
+        if check_lifetime and (problem := self.lifetime_denial(verified.issuer, verified.claims)):
+            return problem
+        return verified
+
+    def _remembered(
+        self, digest: bytes, allowed: Collection[str] | None, *, count_miss: bool = True
+    ) -> _Verified | None:
         entry = self._verified.get(digest)
         if entry is not None:
             issuer = self._issuers.get(entry.token.issuer)
@@ -208,7 +259,7 @@ class JwtVerifier:
                     )
                 else:
                     entry = None
-        counter = self._hits if entry is not None else self._misses
+        counter = self._hits if entry is not None else self._misses if count_miss else None
         if counter is not None:
             counter.inc()
         return entry

@@ -63,9 +63,12 @@ class TokenVerifier:
     async def verify(
         self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
     ) -> VerifiedToken | Denial:
+        # A JWT that checked out before needs no parsing, nor a look at its issuer first.
+        known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime)
+        if known is not None:
+            return known
         if is_compact_jws(token):
-            # A JWT checked here before needs no look at its issuer first.
-            if not self._introspects_jwts or self._jwt.remembers(token, allowed):
+            if not self._introspects_jwts:
                 return await self._jwt.verify(token, allowed, check_lifetime=check_lifetime)
             candidates = self._candidates(allowed)
             iss = unverified_issuer(token)
