@@ -94,6 +94,9 @@ class Gateway:
         )
         self.upstreams = UpstreamClients(compiled.upstreams)
         self.max_token_bytes = compiled.config.limits.max_token_bytes
+        self._never_forwarded = _NEVER_FORWARDED
+        if not compiled.config.identity.forward_authorization:
+            self._never_forwarded = _NEVER_FORWARDED | {"authorization"}
         # Labelled metric series by (route, method, status); bounded by the route table.
         self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._allowed: dict[str, Any] = {}  # auth_decisions{result="allow"} by route
@@ -266,15 +269,18 @@ class Gateway:
         target = route.upstream_path(exchange.path) + (f"?{query}" if query else "")
         headers = self.upstream_headers(request, route, exchange)
         pool = self.upstreams.pool(route.upstream)
+        host = request.headers.get("Host") if route.upstream.preserve_host else None
         if is_websocket_upgrade(request):
             # encoded=True: a plain string would be re-quoted by yarl (``%2f`` -> ``/``).
             url = URL(route.upstream.origin + target, encoded=True)
             response = await proxy_websocket(
-                request, pool=pool, url=url, headers=headers, request_id=rid
+                request,
+                pool=pool,
+                url=url,
+                headers=CIMultiDict([("Host", host or pool.host), *headers]),
+                request_id=rid,
             )
             return self._finish(response, exchange, route, request)
-        if body is not None:
-            headers["Content-Length"] = str(len(body))
         if body is None:
             await _send_continue(request)
         result = await forward(
@@ -282,6 +288,7 @@ class Gateway:
             pool=pool,
             target=target,
             headers=headers,
+            host=host,
             max_body_bytes=route.max_body_bytes,
             request_id=rid,
             body=body,
@@ -294,38 +301,37 @@ class Gateway:
 
     def upstream_headers(
         self, request: web.BaseRequest, route: CompiledRoute, exchange: Exchange
-    ) -> CIMultiDict[str]:
-        """The request headers the upstream sees: hop-by-hop, spoofable and identity headers
-        removed; forwarding, request id and (after authorisation) identity headers set."""
+    ) -> list[tuple[str, str]]:
+        """The request headers the upstream sees, in order, after its ``Host`` line: hop-by-hop,
+        spoofable and identity headers removed; forwarding, request id and (after
+        authorisation) identity headers set."""
         incoming = request.headers
         stripper = self.compiled.stripper
-        drop = _NEVER_FORWARDED
+        drop = self._never_forwarded
         if "Connection" in incoming:
             drop = drop | {header_key(name) for name in connection_tokens(incoming)}
-        if not self.compiled.config.identity.forward_authorization:
-            drop = drop | {"authorization"}
-        headers: CIMultiDict[str] = CIMultiDict()
-        for name, value in incoming.items():
-            key = header_key(name)
-            if key in drop or stripper.is_identity_key(key):
-                continue
-            headers.add(name, value)
-        trusted = is_trusted_peer(request.remote, self.compiled.trusted_proxies)
-        headers.extend(
-            forwarded_headers(
-                incoming,
-                peer=request.remote,
-                scheme=request.scheme,
-                host=incoming.get("Host"),
-                trusted=trusted,
+        headers = [
+            (name, value)
+            for name, value in incoming.items()
+            if not ((key := header_key(name)) in drop or stripper.is_identity_key(key))
+        ]
+        peer = request.remote
+        host = incoming.get("Host")
+        if self.compiled.trusted_proxies and is_trusted_peer(peer, self.compiled.trusted_proxies):
+            forwarded = forwarded_headers(
+                incoming, peer=peer, scheme=request.scheme, host=host, trusted=True
             )
-        )
-        if route.upstream.preserve_host and "Host" in incoming:
-            headers["Host"] = incoming["Host"]
-        headers["X-Request-Id"] = exchange.request_id
+            headers.extend(forwarded.items())
+        else:
+            # An untrusted client's own X-Forwarded-* were dropped above; these replace them.
+            if peer:
+                headers.append(("X-Forwarded-For", peer))
+            headers.append(("X-Forwarded-Proto", request.scheme))
+            if host:
+                headers.append(("X-Forwarded-Host", host))
+        headers.append(("X-Request-Id", exchange.request_id))
         if exchange.identity is not None:
-            for name, value in identity_headers(exchange.identity, route.identity_headers):
-                headers[name] = value
+            headers.extend(identity_headers(exchange.identity, route.identity_headers))
         return headers
 
     # -- observe ------------------------------------------------------------------------------

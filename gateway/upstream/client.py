@@ -42,7 +42,7 @@ class UpstreamPool:
         self._closed = False
         host = f"[{target.host}]" if ":" in target.host else target.host
         port = "" if target.port == (443 if target.scheme == "https" else 80) else f":{target.port}"
-        self.host_line = f"Host: {host}{port}\r\n"  # what the upstream sees unless preserve_host
+        self.host = f"{host}{port}"  # the Host the upstream sees unless preserve_host
         self.opened = 0  # connections made, for tests and metrics
         # https upstreams: the system's trust store, the name in the URL verified.
         self._tls = ssl.create_default_context() if target.scheme == "https" else None

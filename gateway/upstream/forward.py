@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from gateway.pipeline import errors
 
 from .client import UpstreamBusy, UpstreamPool
-from .headers import response_headers_from_lines
+from .headers import copy_response_headers
 from .http1 import Http1Connection, UpstreamError
 
 CHUNK = 64 * 1024
@@ -72,17 +72,20 @@ async def forward(
     *,
     pool: UpstreamPool,
     target: str,
-    headers: CIMultiDict[str],
+    headers: Sequence[tuple[str, str]],
     max_body_bytes: int,
     request_id: str,
+    host: str | None = None,
     body: bytes | None = None,
     decorate: Callable[[CIMultiDict[str]], None] | None = None,
 ) -> Forwarded:
     """Send the request to ``target`` (path and query) and stream the answer to the client.
 
-    ``body`` is given when the request body was already read (a form searched for a second
-    token); otherwise the body streams from the client, counted against ``max_body_bytes``.
-    ``decorate`` adds the gateway's own headers to the upstream's answer before it is sent.
+    ``headers`` go upstream in their order after the ``Host`` line (``host``, else the
+    upstream's own), with the framing the body needs. ``body`` is given when the request body
+    was already read (a form searched for a second token); otherwise the body streams from the
+    client, counted against ``max_body_bytes``. ``decorate`` adds the gateway's own headers to
+    the upstream's answer before it is sent.
     """
     streamed = body is None and request.body_exists
     started = time.perf_counter()
@@ -97,23 +100,20 @@ async def forward(
     try:
         await pool.take_slot()
         slot = True
-        head = _request_head(request.method, target, headers, pool, body, streamed)
+        head = _request_head(request, target, headers, host or pool.host, body, streamed)
         connection = deadline.watch(await pool.connect())
         if streamed:
             connection.begin(head, no_body=request.method == "HEAD")
             sender = asyncio.ensure_future(
-                _send_body(connection, request, max_body_bytes, "Content-Length" in headers)
+                _send_body(connection, request, max_body_bytes, request.content_length is not None)
             )
             await _first_of(sender, connection)
         else:
             connection = await _begin(pool, connection, head, body, request.method, deadline)
         status, reason, lines = await connection.response()
         upstream_seconds = time.perf_counter() - started
-        response = web.StreamResponse(
-            status=status,
-            reason=reason.decode("latin-1"),
-            headers=response_headers_from_lines(lines),
-        )
+        response = web.StreamResponse(status=status, reason=reason.decode("latin-1"))
+        copy_response_headers(lines, response.headers)
         response.headers["X-Request-Id"] = request_id
         if decorate is not None:
             decorate(response.headers)
@@ -152,27 +152,30 @@ async def forward(
 
 
 def _request_head(
-    method: str,
+    request: web.BaseRequest,
     target: str,
-    headers: CIMultiDict[str],
-    pool: UpstreamPool,
+    headers: Sequence[tuple[str, str]],
+    host: str,
     body: bytes | None,
     streamed: bool,
 ) -> bytes:
-    parts = [f"{method} {target} HTTP/1.1\r\n"]
-    if "Host" not in headers:
-        parts.append(pool.host_line)
-    parts.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-    if streamed:
-        if "Content-Length" not in headers:
-            parts.append("Transfer-Encoding: chunked\r\n")
-    elif body is None and method in _BODY_METHODS and "Content-Length" not in headers:
-        parts.append("Content-Length: 0\r\n")
-    parts.append("\r\n")
-    head = "".join(parts)
+    method = request.method
+    if body is not None:
+        # Re-sent whole: the client's own framing header no longer describes it.
+        headers = [(n, v) for n, v in headers if n.lower() != "content-length"]
+        framing = f"Content-Length: {len(body)}\r\n"
+    elif streamed:
+        framing = "" if request.content_length is not None else "Transfer-Encoding: chunked\r\n"
+    elif method in _BODY_METHODS and request.content_length is None:
+        framing = "Content-Length: 0\r\n"
+    else:
+        framing = ""
+    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{fields}{framing}\r\n"
     # Every value was checked where it came from (the client's by llhttp, identity headers
     # when made): a line break or NUL here would be a bug, never sent as a header of its own.
-    lines = len(parts)
+    # (Counting is cheaper than a regular expression over a head that holds a token.)
+    lines = len(headers) + (4 if framing else 3)
     if head.count("\n") != lines or head.count("\r") != lines or "\0" in head:
         raise UpstreamError("refusing to send a request head with a line break in a value")
     return head.encode("utf-8", "surrogateescape")

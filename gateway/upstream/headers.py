@@ -119,18 +119,15 @@ def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 
 
-def response_headers_from_lines(lines: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    """The upstream's response header lines, as parsed, less the hop-by-hop ones (including
-    any that its ``Connection`` header names)."""
+def copy_response_headers(lines: list[tuple[bytes, bytes]], into: CIMultiDict[str]) -> None:
+    """Add the upstream's response header lines, as parsed, to ``into``, less the hop-by-hop
+    ones (including any that its ``Connection`` header names)."""
     drop = _HOP_BY_HOP_BYTES
     for name, value in lines:
         if name.lower() == b"connection":
             named = {t.strip().lower() for t in value.split(b",")}
             drop = drop | named
-    out: CIMultiDict[str] = CIMultiDict()
+    add = into.add
     for name, value in lines:
         if name.lower() not in drop:
-            out.add(
-                name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")
-            )
-    return out
+            add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.upstream.client import UpstreamPool
@@ -80,7 +79,7 @@ class Answer:
 
 
 def request_head(pool: UpstreamPool, method: str = "GET", target: str = "/") -> bytes:
-    return f"{method} {target} HTTP/1.1\r\n{pool.host_line}\r\n".encode()
+    return f"{method} {target} HTTP/1.1\r\nHost: {pool.host}\r\n\r\n".encode()
 
 
 async def read_body(connection: Http1Connection) -> bytes:
@@ -180,17 +179,19 @@ async def front(
     *,
     max_body_bytes: int = 1 << 20,
     target: str | None = None,
+    host: str | None = None,
 ) -> AsyncIterator[str]:
     """An aiohttp server that forwards every request to ``pool`` with ``forward()``: the
-    request's raw target (or ``target``), and ``headers`` (in this order) as the upstream
-    headers."""
+    request's raw target (or ``target``), ``host`` (None: the upstream's own) and ``headers``
+    (in this order) as the upstream headers."""
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         forwarded = await forward(
             request,
             pool=pool,
             target=request.raw_path if target is None else target,
-            headers=CIMultiDict(headers),
+            headers=list(headers),
+            host=host,
             max_body_bytes=max_body_bytes,
             request_id="req-1",
         )

@@ -30,16 +30,16 @@ async def test_the_upstream_receives_the_method_target_host_and_headers_in_order
         ]
 
 
-async def test_a_host_header_among_the_headers_replaces_the_upstreams_host_line() -> None:
-    headers = [("X-A", "1"), ("Host", "api.example.test"), ("X-B", "2")]
+async def test_a_host_given_replaces_the_upstreams_own_in_the_host_line() -> None:
+    headers = [("X-A", "1"), ("X-B", "2")]
     async with (
         tcp_upstream(recording(OK)) as upstream,
         pool_to(upstream.url) as pool,
-        front(pool, headers) as url,
+        front(pool, headers, host="api.example.test") as url,
     ):
         await raw_request(url, "/")
         assert upstream.requests == [
-            b"GET / HTTP/1.1\r\nX-A: 1\r\nHost: api.example.test\r\nX-B: 2\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: api.example.test\r\nX-A: 1\r\nX-B: 2\r\n\r\n"
         ]
 
 
@@ -67,7 +67,7 @@ async def test_a_get_without_a_body_has_no_framing_header() -> None:
         front(pool) as url,
     ):
         await raw_request(url, "/g")
-        assert upstream.requests == [f"GET /g HTTP/1.1\r\n{pool.host_line}\r\n".encode()]
+        assert upstream.requests == [f"GET /g HTTP/1.1\r\nHost: {pool.host}\r\n\r\n".encode()]
 
 
 async def test_a_streamed_body_without_a_length_is_sent_chunked() -> None:
@@ -83,7 +83,9 @@ async def test_a_streamed_body_without_a_length_is_sent_chunked() -> None:
         assert answer.status == 200
         [sent] = upstream.requests
         head, _, body = sent.partition(b"\r\n\r\n")
-        assert head == f"POST /up HTTP/1.1\r\n{pool.host_line}Transfer-Encoding: chunked".encode()
+        assert (
+            head == f"POST /up HTTP/1.1\r\nHost: {pool.host}\r\nTransfer-Encoding: chunked".encode()
+        )
         assert dechunk(body) == b"hello world"
 
 
@@ -109,7 +111,8 @@ async def test_a_streamed_body_with_a_length_is_sent_as_it_came() -> None:
     ):
         await raw_request(url, "/up", method="PUT", body=b"hello world")
         assert upstream.requests == [
-            f"PUT /up HTTP/1.1\r\n{pool.host_line}Content-Length: 11\r\n\r\nhello world".encode()
+            f"PUT /up HTTP/1.1\r\nHost: {pool.host}\r\nContent-Length: 11\r\n\r\n".encode()
+            + b"hello world"
         ]
 
 
