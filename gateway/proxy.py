@@ -8,8 +8,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -75,6 +75,7 @@ class Exchange:
     denial: Denial | None = None
     token: str | None = None
     upstream_seconds: float | None = None
+    identity_headers: list[tuple[str, str]] = field(default_factory=list)  # for the upstream
 
 
 class Gateway:
@@ -251,9 +252,23 @@ class Gateway:
         verified = await self.verifier.verify(token, requirement.issuers)
         if isinstance(verified, Denial):
             return verified
+        # Audience, scopes and claim rules depend only on the (immutable) claims and the route:
+        # judged once per token and route object (a reload makes new route objects). The
+        # lifetime, which does change, was judged by verify() just now.
+        memo = verified.decisions.get(id(route))
+        if memo is None or memo[0] is not route:
+            caller = Identity(verified.issuer, verified.claims, verified.scopes)
+            decision = self.authorizer.authorize(requirement, verified)
+            headers: list[tuple[str, str]] = []
+            if isinstance(decision, Identity):
+                decision = caller
+                headers = identity_headers(caller, route.identity_headers)
+            memo = verified.decisions[id(route)] = (route, caller, decision, headers)
+        _, caller, decision, headers = memo
         if exchange is not None:
-            exchange.caller = Identity(verified.issuer, verified.claims, verified.scopes)
-        return self.authorizer.authorize(requirement, verified)
+            exchange.caller = caller
+            exchange.identity_headers = headers
+        return cast(Identity | Denial, decision)
 
     async def _forward(
         self,
@@ -331,7 +346,7 @@ class Gateway:
                 headers.append(("X-Forwarded-Host", host))
         headers.append(("X-Request-Id", exchange.request_id))
         if exchange.identity is not None:
-            headers.extend(identity_headers(exchange.identity, route.identity_headers))
+            headers.extend(exchange.identity_headers)
         return headers
 
     # -- observe ------------------------------------------------------------------------------

@@ -174,6 +174,7 @@ async def running_gateway(config_path: Path) -> AsyncIterator[RunningGateway]:
         metrics=metrics,
         public=Address("127.0.0.1", 0),
         admin=Address("127.0.0.1", 0),
+        config_path=config_path,  # so that a test can reload()
     )
     await server.start()
     try:

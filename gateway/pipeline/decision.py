@@ -7,7 +7,7 @@ Every denial carries exactly one reason from the closed set of SPEC §6, which b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Reason = Literal[
@@ -52,6 +52,10 @@ class VerifiedToken:
     claims: Mapping[str, Any]
     scopes: frozenset[str]
     introspected: bool = False  # from an introspection answer rather than a local JWT check
+    # What the gateway decided for this token on each route (keyed by the route object's id,
+    # which the entry holds): a token found in the verified-token cache is the same object on
+    # every request, and its claims never change, so a route's verdict is worked out once.
+    decisions: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
