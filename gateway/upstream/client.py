@@ -11,7 +11,9 @@ handshakes go through an aiohttp ``ClientSession``, made only when a route first
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
@@ -35,7 +37,8 @@ class UpstreamPool:
     def __init__(self, target: UpstreamTarget, idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.target = target
         self.idle_timeout = idle_timeout
-        self._slots = asyncio.Semaphore(target.max_connections)
+        self._free = target.max_connections  # slots not taken
+        self._waiting: deque[asyncio.Future[None]] = deque()  # for a slot, first come first
         self._idle: list[Http1Connection] = []  # most recently used last
         self._sweep: asyncio.TimerHandle | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -80,18 +83,35 @@ class UpstreamPool:
 
     async def take_slot(self) -> None:
         """``slot()`` without a context manager (the forwarder's hot path): pair each call
-        that returns with one ``free_slot()``."""
-        slots = self._slots
-        if slots.locked():
-            try:
-                await asyncio.wait_for(slots.acquire(), self.target.connect_timeout)
-            except TimeoutError:
-                raise UpstreamBusy(self.target.name) from None
-        else:
-            await slots.acquire()  # free: no timer needed
+        that returns with one ``free_slot()``. (A counter rather than asyncio.Semaphore,
+        whose ``locked()`` alone cost more than the rest of this.)"""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, self.target.connect_timeout)
+        except TimeoutError:
+            raise UpstreamBusy(self.target.name) from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.free_slot()  # handed over as this request gave up: pass it on
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiter)
 
     def free_slot(self) -> None:
-        self._slots.release()
+        """Give a slot back: to the longest waiting request, if any still waits."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
     async def connect(self, *, fresh: bool = False) -> Http1Connection:
         """An idle pooled connection, or a new one (``fresh``: always a new one).

@@ -79,3 +79,29 @@ async def test_forward_answers_503_with_retry_after_when_the_upstream_is_busy() 
             assert response.headers["Retry-After"] == "1"
         release.set()
         assert (await busy).body == b"done"
+
+
+async def test_requests_that_give_up_waiting_leave_every_slot_to_later_ones() -> None:
+    # Waiters refused at connect_timeout, or cancelled (their client went away), must neither
+    # keep a slot nor be handed one that is then lost.
+    release = asyncio.Event()
+    async with (
+        http_upstream(held_until(release)) as upstream,
+        pool_to(upstream.url, max_connections=2, connect_timeout=0.2) as pool,
+    ):
+        busy = [asyncio.create_task(exchange(pool)) for _ in range(2)]
+        await asyncio.sleep(0.1)
+        refused = [asyncio.create_task(exchange(pool)) for _ in range(3)]
+        cancelled = [asyncio.create_task(exchange(pool)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        for task in cancelled:
+            task.cancel()
+        for task in refused:
+            with pytest.raises(UpstreamBusy):
+                await task
+        release.set()
+        await asyncio.gather(*busy)
+        await asyncio.gather(*cancelled, return_exceptions=True)
+        # Both slots are free again: two requests at once get through without waiting.
+        answers = await asyncio.wait_for(asyncio.gather(exchange(pool), exchange(pool)), 0.15)
+        assert [answer.body for answer in answers] == [b"done", b"done"]
