@@ -31,6 +31,30 @@ class UpstreamBusy(Exception):
     """No connection to the upstream became free within its ``connect_timeout``."""
 
 
+class Deadline:
+    """An exchange's upstream ``timeout``: once it passes, the exchange's connection is
+    aborted (and ``expired`` tells a 504 from a 502). Watched by its pool's clock."""
+
+    __slots__ = ("connection", "expired", "when")
+
+    def __init__(self, when: float) -> None:
+        self.when = when
+        self.connection: Http1Connection | None = None
+        self.expired = False
+
+    def expire(self) -> None:
+        self.expired = True
+        if self.connection is not None:
+            self.connection.abort()
+
+    def watch(self, connection: Http1Connection) -> Http1Connection:
+        """Abort ``connection`` when the time is up (at once if it already is)."""
+        self.connection = connection
+        if self.expired:
+            connection.abort()
+        return connection
+
+
 class UpstreamPool:
     """The connections and concurrency limit of one upstream."""
 
@@ -41,6 +65,12 @@ class UpstreamPool:
         self._waiting: deque[asyncio.Future[None]] = deque()  # for a slot, first come first
         self._idle: list[Http1Connection] = []  # most recently used last
         self._sweep: asyncio.TimerHandle | None = None
+        # Deadlines of exchanges in progress, checked by one clock a pool rather than a timer
+        # made and cancelled per request; it ticks only while some are pending, at a tenth of
+        # the timeout (at most 0.1 s): a deadline passes at most that late.
+        self._deadlines: set[Deadline] = set()
+        self._clock: asyncio.TimerHandle | None = None
+        self._tick = min(0.1, target.timeout / 10)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         host = f"[{target.host}]" if ":" in target.host else target.host
@@ -135,6 +165,28 @@ class UpstreamPool:
         self.opened += 1
         return connection
 
+    def deadline(self) -> Deadline:
+        """The deadline of an exchange starting now; pair with ``forget()``."""
+        loop = asyncio.get_running_loop()
+        deadline = Deadline(loop.time() + self.target.timeout)
+        self._deadlines.add(deadline)
+        if self._clock is None:
+            self._clock = loop.call_later(self._tick, self._check_deadlines)
+        return deadline
+
+    def forget(self, deadline: Deadline) -> None:
+        self._deadlines.discard(deadline)
+
+    def _check_deadlines(self) -> None:
+        self._clock = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for deadline in [d for d in self._deadlines if d.when <= now]:
+            self._deadlines.discard(deadline)
+            deadline.expire()
+        if self._deadlines:
+            self._clock = loop.call_later(self._tick, self._check_deadlines)
+
     def release(self, connection: Http1Connection) -> None:
         """Return a connection after its exchange; kept only if it can carry another one."""
         if not connection.finish() or self._closed:
@@ -168,6 +220,9 @@ class UpstreamPool:
 
     async def close(self) -> None:
         self._closed = True
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 
 from gateway.pipeline import errors
 
-from .client import UpstreamBusy, UpstreamPool
+from .client import Deadline, UpstreamBusy, UpstreamPool
 from .headers import copy_response_headers
 from .http1 import Http1Connection, UpstreamError
 
@@ -43,28 +43,6 @@ class Forwarded:
 
     response: web.StreamResponse
     upstream_seconds: float | None
-
-
-class _Deadline:
-    """The upstream ``timeout``: when it passes, the exchange's connection is aborted."""
-
-    __slots__ = ("connection", "expired")
-
-    def __init__(self) -> None:
-        self.connection: Http1Connection | None = None
-        self.expired = False
-
-    def __call__(self) -> None:
-        self.expired = True
-        if self.connection is not None:
-            self.connection.abort()
-
-    def watch(self, connection: Http1Connection) -> Http1Connection:
-        """Abort ``connection`` when the time is up (at once if it already is)."""
-        self.connection = connection
-        if self.expired:
-            connection.abort()
-        return connection
 
 
 async def forward(
@@ -93,9 +71,7 @@ async def forward(
     response: web.StreamResponse | None = None
     connection: Http1Connection | None = None
     sender: asyncio.Task[None] | None = None
-    loop = asyncio.get_running_loop()
-    deadline = _Deadline()
-    timer = loop.call_at(loop.time() + pool.target.timeout, deadline)
+    deadline = pool.deadline()
     slot = False
     try:
         await pool.take_slot()
@@ -140,7 +116,7 @@ async def forward(
             return Forwarded(errors.gateway_timeout(request_id), upstream_seconds)
         return Forwarded(errors.bad_gateway(request_id), upstream_seconds)
     finally:
-        timer.cancel()
+        pool.forget(deadline)
         if sender is not None and not sender.done():
             sender.cancel()
             if connection is not None:
@@ -187,7 +163,7 @@ async def _begin(
     head: bytes,
     body: bytes | None,
     method: str,
-    deadline: _Deadline,
+    deadline: Deadline,
 ) -> Http1Connection:
     """Send a request whose body is known; once more on a new connection when a reused one
     turns out to have been closed by the upstream before it answered (a keep-alive race)."""
