@@ -19,7 +19,7 @@ from yarl import URL
 from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.issuers import Issuers
 from gateway.observe.logs import enabled as logs_enabled
-from gateway.observe.logs import get_logger, token_fingerprint
+from gateway.observe.logs import get_logger, info_event, token_fingerprint
 from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics, method_label
 from gateway.observe.trace import trace_id
 from gateway.pipeline import errors
@@ -422,8 +422,7 @@ class Gateway:
                 reason=denial.reason,
                 detail=denial.description,
             )
-        log.info(
-            "request",
+        fields = dict(
             request_id=exchange.request_id,
             method=exchange.method,
             path=exchange.path,
@@ -443,6 +442,7 @@ class Gateway:
             remote=request.remote,
             trace_id=trace_id(request.headers.getall("traceparent", [])),
         )
+        info_event(log, "request", fields)
 
 
 async def _send_continue(request: web.BaseRequest) -> None:

@@ -13,8 +13,10 @@ Levels: ``debug`` adds detail (why a token was refused, in the words sent to the
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
@@ -43,11 +45,30 @@ def enabled(level: int) -> bool:
     return level >= _min_level
 
 
+# Whether events are JSON lines: then ``info_event`` writes them itself.
+_json_lines = False
+
+
+def info_event(logger: Any, event: str, fields: dict[str, Any]) -> None:
+    """Log an info ``event``: the per-request log's path. In JSON, the line structlog would
+    write (the fields, then ``event``, ``level``, ``timestamp``) is written directly: its
+    processor chain cost ~30 us a line, a third of a proxied request. (No context variables are
+    bound anywhere in the gateway, so there is nothing to merge.)"""
+    if not _json_lines:
+        logger.info(event, **fields)
+        return
+    fields["event"] = event
+    fields["level"] = "info"
+    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    print(json.dumps(fields), file=sys.stdout, flush=True)
+
+
 def configure_logging(log_format: LogFormat = "json", level: str = "info") -> None:
     """Route structlog (and the standard library's logging) to stdout in the chosen format."""
-    global _min_level
+    global _min_level, _json_lines
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     _min_level = numeric
+    _json_lines = log_format == "json"
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
