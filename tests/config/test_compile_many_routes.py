@@ -1,0 +1,100 @@
+"""Compiling a configuration of 10,000 routes: every check that compares routes (names used twice,
+routes that can never match, public routes reaching into protected ones) reports exactly what it
+reports for a small file, without comparing every route with every other one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import ConfigError
+from gateway.config.compile import compile_config
+from gateway.config.schema import Config
+from gateway.pipeline.routing import RouteMatcher
+
+ROUTES = 10_000
+
+
+def service_route(index: int) -> dict[str, Any]:
+    path = [
+        f"/api/v1/svc{index}/items/**",
+        f"/api/v1/svc{index}/items/{{id}}",
+        f"/api/v1/svc{index}/status",
+    ][index % 3]
+    return {
+        "name": f"svc{index}",
+        "match": {"path": path},
+        "upstream": "up",
+        "auth": {"issuers": ["corp"], "scopes": ["read"]},
+    }
+
+
+def config(extra_routes: list[dict[str, Any]]) -> Config:
+    return Config.model_validate(
+        {
+            "issuers": {
+                "corp": {
+                    "issuer": "https://idp.example.com",
+                    "jwks_uri": "https://idp.example.com/jwks",
+                    "audiences": ["https://api.example.test"],
+                }
+            },
+            "upstreams": {"up": {"url": "http://up.internal:8000"}},
+            "routes": [service_route(i) for i in range(ROUTES)] + extra_routes,
+        }
+    )
+
+
+@pytest.fixture
+def comparisons(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    counts = {"covers": 0, "overlaps": 0}
+
+    def counting(name: str, original: Callable[..., bool]) -> Callable[..., bool]:
+        def counted(*args: Any) -> bool:
+            counts[name] += 1
+            return original(*args)
+
+        return counted
+
+    monkeypatch.setattr(RouteMatcher, "covers", counting("covers", RouteMatcher.covers))
+    monkeypatch.setattr(RouteMatcher, "overlaps", counting("overlaps", RouteMatcher.overlaps))
+    return counts
+
+
+def test_ten_thousand_distinct_routes_compile_with_few_comparisons(
+    tmp_path: Path, comparisons: dict[str, int]
+) -> None:
+    health = [
+        {"name": f"health{i}", "match": {"path": f"/api/v1/svc{i}/health"}, "upstream": "up",
+         "auth": "public"}
+        for i in range(0, ROUTES, 100)
+    ]  # fmt: skip
+    compiled = compile_config(config(health), tmp_path)
+    assert len(compiled.routes) == ROUTES + len(health)
+    assert compiled.warnings == []
+    assert compiled.routes.lookup(None, "/api/v1/svc9999/items/1/2", "GET") is not None
+    assert comparisons["covers"] + comparisons["overlaps"] < ROUTES
+
+
+def test_ten_thousand_routes_report_every_repeated_name_shadowed_route_and_public_overlap(
+    tmp_path: Path, comparisons: dict[str, int]
+) -> None:
+    extra = [
+        {"name": "svc9999", "match": {"path": "/api/v1/other"}, "upstream": "up"},
+        {"name": "hidden", "match": {"path": "/api/v1/svc9999/items/7"}, "upstream": "up"},
+        {"name": "open", "match": {"path": "/api/v1/svc9997/**"}, "upstream": "up",
+         "auth": "public"},
+    ]  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        compile_config(config(extra), tmp_path)
+    assert [problem.describe() for problem in caught.value.problems] == [
+        f"error: routes[{ROUTES}].name: route name 'svc9999' is used twice",
+        f"error: routes[{ROUTES + 1}].match: route 'hidden' can never match: route 'svc9999'"
+        " (routes[9999]) matches everything it does",
+        f"warning: routes[{ROUTES + 2}].match.path: public route 'open' overlaps protected"
+        " route 'svc9997'",
+    ]
+    assert comparisons["covers"] + comparisons["overlaps"] < ROUTES
