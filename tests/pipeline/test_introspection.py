@@ -32,12 +32,14 @@ from gateway.pipeline.verify.introspection import (
     Introspector,
     judge_answer,
 )
+from gateway.pipeline.verify.jwt import JwtVerifier
 from gateway.pipeline.verify.token_cache import (
     MIN_NEGATIVE_ENTRIES,
     AnswerCache,
     SharedCache,
     cache_key,
 )
+from gateway.pipeline.verify.tokens import IssuerPolicy, TokenVerifier
 from tests.integration.redis_fixture import free_port
 from tests.support import AUDIENCE
 
@@ -773,3 +775,55 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
     while not condition():
         assert time.monotonic() < deadline, "the condition never held"
         await asyncio.sleep(0.005)
+
+
+# -- the verifier's judgement of cached answers --------------------------------------------
+
+
+def verifier_over(subject: Subject, issuer: str) -> TokenVerifier:
+    policy = IssuerPolicy(
+        name="corp",
+        issuer=issuer,
+        leeway=30.0,
+        scope_claim="scope",
+        introspector=subject.introspector,
+        introspect_jwts=True,
+    )
+    return TokenVerifier(JwtVerifier({}), {"corp": policy}, clock=subject.clock)
+
+
+async def test_a_cached_answer_is_judged_once_and_gives_the_same_verified_token(
+    server: AuthorizationServer, session: aiohttp.ClientSession
+) -> None:
+    subject = introspector_for(server, session)
+    server.accept("opaque-token")
+    verifier = verifier_over(subject, server.issuer)
+    first = await verifier.verify("opaque-token")
+    second = await verifier.verify("opaque-token")
+    assert isinstance(first, VerifiedToken) and first.claims["sub"] == "alice"
+    assert second is first  # so what a route decided for it is kept with it too
+
+
+async def test_a_cached_answer_still_expires_on_time(
+    server: AuthorizationServer, session: aiohttp.ClientSession
+) -> None:
+    subject = introspector_for(server, session)
+    server.accept("opaque-token", exp=int(subject.clock.now) + 60)
+    verifier = verifier_over(subject, server.issuer)
+    assert isinstance(await verifier.verify("opaque-token"), VerifiedToken)
+    subject.clock.now += 60 + 31  # past exp and the leeway, while the judgement is remembered
+    result = await verifier.verify("opaque-token")
+    assert isinstance(result, Denial) and result.reason == "expired"
+
+
+async def test_a_new_answer_for_a_token_is_judged_afresh(
+    server: AuthorizationServer, session: aiohttp.ClientSession
+) -> None:
+    subject = introspector_for(server, session, cache_ttl=1)
+    server.accept("opaque-token")
+    verifier = verifier_over(subject, server.issuer)
+    assert isinstance(await verifier.verify("opaque-token"), VerifiedToken)
+    server.answer("opaque-token", {"active": False})  # revoked
+    subject.clock.now += 2  # the cached answer is gone: the server is asked again
+    result = await verifier.verify("opaque-token")
+    assert isinstance(result, Denial) and result.reason == "inactive"

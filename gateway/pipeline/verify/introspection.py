@@ -89,6 +89,7 @@ class Introspector:
         self._calls = asyncio.Semaphore(max_concurrent_calls)
         self._inflight: dict[str, asyncio.Task[tuple[bool, Answer | None]]] = {}
         self._sharing: set[asyncio.Task[None]] = set()
+        self._hits = metrics.token_cache.labels("introspection", "hit")
 
     async def answer(self, token: str) -> Answer | None:
         """The authorization server's answer about ``token`` (from a cache when it may be), or
@@ -96,7 +97,7 @@ class Introspector:
         key = cache_key(self._cache_scope, token)
         cached = self._cache.get(key)
         if cached is not None:
-            self._metrics.token_cache.labels("introspection", "hit").inc()
+            self._hits.inc()
             return cached
         # The shared cache is asked inside the flight, not before joining it: a request that
         # missed in memory, then waited for Redis while the flight ended (and left `_inflight`)

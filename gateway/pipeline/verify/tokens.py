@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +20,17 @@ from ..decision import Denial, VerifiedToken
 from .claims import lifetime_denial, malformed
 from .introspection import Introspector, judge_answer
 from .jwt import JwtVerifier, unverified_issuer
+from .token_cache import Answer
 
 # SPEC §3: a token is opaque unless it is three base64url segments. Counting dots is not enough:
 # RFC 6750 §2.1 lets an opaque token hold "." as well as "~+/=", and such a token was refused as
 # a malformed JWT instead of being introspected. (Segments may be empty: `x.y.` stays a JWT, to
 # be refused as one.)
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+
+# Introspection answers whose judgement is remembered (least recently used first out).
+JUDGED_ANSWERS = 4096
 
 
 def is_compact_jws(token: str) -> bool:
@@ -59,14 +65,19 @@ class TokenVerifier:
         # Whether any JWT is ever introspected; if none is, a JWT's claimed issuer need not be
         # read before it is verified.
         self._introspects_jwts = any(p.introspect_jwts and p.introspector for p in issuers.values())
+        self._judgements: OrderedDict[tuple[int, str], tuple[Answer, VerifiedToken | Denial]] = (
+            OrderedDict()
+        )
 
     async def verify(
         self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
     ) -> VerifiedToken | Denial:
-        # A JWT that checked out before needs no parsing, nor a look at its issuer first.
-        known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime)
-        if known is not None:
-            return known
+        # A JWT that checked out before needs no parsing, nor a look at its issuer first. (Two
+        # dots: only what could be a JWT is hashed to look; an opaque token rarely has them.)
+        if token.count(".") == 2:
+            known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime)
+            if known is not None:
+                return known
         if is_compact_jws(token):
             if not self._introspects_jwts:
                 return await self._jwt.verify(token, allowed, check_lifetime=check_lifetime)
@@ -80,6 +91,30 @@ class TokenVerifier:
         if not introspecting:
             return malformed("the token is not a JWT, and no issuer here introspects tokens")
         return await self._introspect(token, introspecting, check_lifetime)
+
+    def _judged(self, answer: Answer, policy: IssuerPolicy) -> VerifiedToken | Denial:
+        """``judge_answer`` but the lifetime, once per cached answer and issuer: an answer
+        found in the introspection cache is the same object each time, and so then is the
+        verified token, whose routes' verdicts the gateway keeps with it."""
+        key = (id(answer), policy.name)
+        memo = self._judgements.get(key)
+        if memo is not None and memo[0] is answer:
+            self._judgements.move_to_end(key)
+            return memo[1]
+        judged = judge_answer(
+            answer,
+            issuer_name=policy.name,
+            issuer=policy.issuer,
+            leeway=policy.leeway,
+            scope_claim=policy.scope_claim,
+            now=self._clock(),
+            check_lifetime=False,
+        )
+        # The answer is held with its judgement, so that its id is not reused while it is here.
+        self._judgements[key] = (answer, judged)
+        if len(self._judgements) > JUDGED_ANSWERS:
+            self._judgements.popitem(last=False)
+        return judged
 
     def _candidates(self, allowed: Collection[str] | None) -> list[IssuerPolicy]:
         if allowed is None:
@@ -98,15 +133,14 @@ class TokenVerifier:
             if answer is None:
                 unavailable = True
                 continue
-            result = judge_answer(
-                answer,
-                issuer_name=policy.name,
-                issuer=policy.issuer,
-                leeway=policy.leeway,
-                scope_claim=policy.scope_claim,
-                now=self._clock(),
-                check_lifetime=check_lifetime,
-            )
+            result = self._judged(answer, policy)
+            if isinstance(result, VerifiedToken) and check_lifetime:
+                claims: Mapping[str, Any] = result.claims
+                now = self._clock()
+                if problem := lifetime_denial(
+                    claims, leeway=policy.leeway, now=now, require_exp=False
+                ):
+                    result = problem
             if isinstance(result, VerifiedToken):
                 return result
             if result.reason != "inactive" and refusal is None:
