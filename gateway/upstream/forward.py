@@ -121,6 +121,15 @@ async def forward(
             sender.cancel()
             if connection is not None:
                 connection.reusable = False  # the request was never sent whole
+        elif (
+            sender is not None
+            and not sender.cancelled()
+            and sender.exception() is not None
+            and connection is not None
+        ):
+            # The body failed after the upstream had answered: that answer stood, the
+            # connection did not (and the failure is retrieved, not reported as a lost task).
+            connection.reusable = False
         if connection is not None:
             pool.release(connection)  # before the slot: whoever takes it finds the connection
         if slot:
