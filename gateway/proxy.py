@@ -40,6 +40,7 @@ from gateway.upstream.client import UpstreamClients
 from gateway.upstream.forward import forward
 from gateway.upstream.headers import (
     HOP_BY_HOP,
+    METHOD_OVERRIDES,
     PATH_OVERRIDES,
     PEER_DESCRIPTIONS,
     connection_tokens,
@@ -55,7 +56,11 @@ log = get_logger("gateway")
 # CGI or WSGI backend reads X_Original_URL and X_Forwarded_For as the headers removed here.
 _NEVER_FORWARDED = frozenset(
     header_key(name)
-    for name in HOP_BY_HOP | PATH_OVERRIDES | PEER_DESCRIPTIONS | {"host", "x-request-id", "expect"}
+    for name in HOP_BY_HOP
+    | PATH_OVERRIDES
+    | METHOD_OVERRIDES
+    | PEER_DESCRIPTIONS
+    | {"host", "x-request-id", "expect"}
 )
 
 

@@ -30,6 +30,10 @@ HOP_BY_HOP = frozenset(
 # a client must never be able to re-route itself behind the gateway's back.
 PATH_OVERRIDES = frozenset({"x-original-url", "x-rewrite-url", "x-original-uri"})
 
+# Headers some frameworks (Rails, Symfony, Express's method-override, ASP.NET, Google APIs) trust
+# to change the request method: a GET the gateway allowed must not become a DELETE behind it.
+METHOD_OVERRIDES = frozenset({"x-http-method-override", "x-http-method", "x-method-override"})
+
 # Headers describing the client that only a trusted proxy may set.
 PEER_DESCRIPTIONS = frozenset(
     {

@@ -85,6 +85,7 @@ SPOOFED_VALUES = ("spoofed", "6.6.6.6", "/admin", "evil.example")
 # Headers only the gateway may set (compared case-insensitively, ``_`` equal to ``-``: WSGI and
 # CGI backends read ``X_Original_URL`` as ``X-Original-URL``).
 PATH_OVERRIDES = {"x-original-url", "x-rewrite-url", "x-original-uri", "x-forwarded-prefix"}
+METHOD_OVERRIDES = {"x-http-method-override", "x-http-method", "x-method-override"}
 PEER_DESCRIPTIONS = {"forwarded", "x-real-ip", "x-forwarded-port", "x-forwarded-server"}
 IDENTITY_PREFIX = "x-auth-"
 IDENTITY_NAMES = {"remote-user"}
@@ -291,6 +292,19 @@ CORPUS: dict[str, Trick] = {
         ("X_Forwarded_Prefix", "/admin"),
         path="/public/x",
     ),
+    "method-overrides-on-a-get": public(
+        "/public/x",
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+        path="/public/x",
+    ),
+    "method-overrides-underscored": public(
+        "/public/x",
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("x-http-method", "PUT"),
+        path="/public/x",
+    ),
     "x-original-url-to-public-on-admin": denied(
         "/admin/users", ("X-Original-URL", "/public/x"), status=401
     ),
@@ -424,7 +438,8 @@ def assert_nothing_spoofed_reached(upstream: Upstream) -> None:
     for received in upstream.received:
         for name, value in received.headers:
             key = header_key(name)
-            assert key not in PATH_OVERRIDES | PEER_DESCRIPTIONS, f"{name} reached the upstream"
+            overriding = PATH_OVERRIDES | METHOD_OVERRIDES | PEER_DESCRIPTIONS
+            assert key not in overriding, f"{name} reached the upstream"
             assert not key.startswith(IDENTITY_PREFIX), f"{name} reached the upstream"
             assert key not in IDENTITY_NAMES, f"{name} reached the upstream"
             if key == "x-forwarded-for":
