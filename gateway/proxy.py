@@ -336,19 +336,13 @@ class Gateway:
             if not ((key := header_key(name)) in drop or stripper.is_identity_key(key))
         ]
         peer = request.remote
-        host = incoming.get("Host")
-        if self.compiled.trusted_proxies and is_trusted_peer(peer, self.compiled.trusted_proxies):
-            forwarded = forwarded_headers(
-                incoming, peer=peer, scheme=request.scheme, host=host, trusted=True
-            )
-            headers.extend(forwarded.items())
-        else:
-            # An untrusted client's own X-Forwarded-* were dropped above; these replace them.
-            if peer:
-                headers.append(("X-Forwarded-For", peer))
-            headers.append(("X-Forwarded-Proto", request.scheme))
-            if host:
-                headers.append(("X-Forwarded-Host", host))
+        headers += forwarded_headers(
+            incoming,
+            peer=peer,
+            scheme=request.scheme,
+            host=incoming.get("Host"),
+            trusted=is_trusted_peer(peer, self.compiled.trusted_proxies),
+        )
         headers.append(("X-Request-Id", exchange.request_id))
         if exchange.identity is not None:
             headers.extend(exchange.identity_headers)

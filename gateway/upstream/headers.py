@@ -90,33 +90,22 @@ def forwarded_headers(
     scheme: str,
     host: str | None,
     trusted: bool,
-) -> CIMultiDict[str]:
+) -> list[tuple[str, str]]:
     """``X-Forwarded-For/Proto/Host``: appended to when the peer is a trusted proxy, otherwise
     replaced, so that an untrusted client cannot claim another address."""
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[str, str]] = []
     prior_for = ", ".join(incoming.getall("X-Forwarded-For", ())) if trusted else ""
     chain = [part for part in (prior_for, peer or "") if part]
     if chain:
-        out["X-Forwarded-For"] = ", ".join(chain)
+        out.append(("X-Forwarded-For", ", ".join(chain)))
     proto = incoming.get("X-Forwarded-Proto") if trusted else None
-    out["X-Forwarded-Proto"] = proto or scheme
+    out.append(("X-Forwarded-Proto", proto or scheme))
     forwarded_host = incoming.get("X-Forwarded-Host") if trusted else None
     if forwarded_host or host:
-        out["X-Forwarded-Host"] = forwarded_host or host or ""
+        out.append(("X-Forwarded-Host", forwarded_host or host or ""))
     if trusted:
         for name in ("Forwarded", "X-Real-IP"):
-            for value in incoming.getall(name, ()):
-                out.add(name, value)
-    return out
-
-
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's response headers less the hop-by-hop ones."""
-    drop = HOP_BY_HOP | connection_tokens(upstream)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        if name.lower() not in drop:
-            out.add(name, value)
+            out.extend((name, value) for value in incoming.getall(name, ()))
     return out
 
 

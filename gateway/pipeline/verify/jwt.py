@@ -219,12 +219,6 @@ class JwtVerifier:
         self._hits = metrics.token_cache.labels("jwt", "hit") if metrics else None
         self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
 
-    def remembers(self, token: str, allowed: Collection[str] | None = None) -> bool:
-        """Whether ``token`` checked out here before for an issuer in ``allowed`` (and so is a
-        JWT to check locally)."""
-        entry = self._verified.get(_digest(token))
-        return entry is not None and (allowed is None or entry.token.issuer in allowed)
-
     def cached(
         self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
     ) -> VerifiedToken | Denial | None:

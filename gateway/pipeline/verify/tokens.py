@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cachetools import LRUCache
 
 from ..decision import Denial, VerifiedToken
 from .claims import lifetime_denial, malformed
@@ -65,8 +66,8 @@ class TokenVerifier:
         # Whether any JWT is ever introspected; if none is, a JWT's claimed issuer need not be
         # read before it is verified.
         self._introspects_jwts = any(p.introspect_jwts and p.introspector for p in issuers.values())
-        self._judgements: OrderedDict[tuple[int, str], tuple[Answer, VerifiedToken | Denial]] = (
-            OrderedDict()
+        self._judgements: LRUCache[tuple[int, str], tuple[Answer, VerifiedToken | Denial]] = (
+            LRUCache(JUDGED_ANSWERS)
         )
 
     async def verify(
@@ -99,7 +100,6 @@ class TokenVerifier:
         key = (id(answer), policy.name)
         memo = self._judgements.get(key)
         if memo is not None and memo[0] is answer:
-            self._judgements.move_to_end(key)
             return memo[1]
         judged = judge_answer(
             answer,
@@ -112,8 +112,6 @@ class TokenVerifier:
         )
         # The answer is held with its judgement, so that its id is not reused while it is here.
         self._judgements[key] = (answer, judged)
-        if len(self._judgements) > JUDGED_ANSWERS:
-            self._judgements.popitem(last=False)
         return judged
 
     def _candidates(self, allowed: Collection[str] | None) -> list[IssuerPolicy]:
