@@ -107,8 +107,13 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
         yield Demo(process, output, commands)
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(5)
+            # Ctrl-C, as a user stops it: SIGKILL would leave its temporary folder behind.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
         assert process.stdout is not None
         process.stdout.close()
 
