@@ -64,6 +64,11 @@ _NEVER_FORWARDED = frozenset(
 )
 
 
+# How many request header names a gateway remembers the forwarding verdict of (exactly as
+# sent: `X-Foo` and `x-foo` are two); names of other requests are judged each time.
+FORWARDABLE_NAMES = 1024
+
+
 @dataclass(slots=True)
 class Exchange:
     """What is known about one request as it moves through the pipeline (for logs, metrics)."""
@@ -103,6 +108,8 @@ class Gateway:
         self._never_forwarded = _NEVER_FORWARDED
         if not compiled.config.identity.forward_authorization:
             self._never_forwarded = _NEVER_FORWARDED | {"authorization"}
+        # Request header names, as sent (any case), and whether they may be forwarded.
+        self._forwardable: dict[str, bool] = {}
         # Labelled metric series by (route, method, status); bounded by the route table.
         self._series: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         self._allowed: dict[str, Any] = {}  # auth_decisions{result="allow"} by route
@@ -127,7 +134,8 @@ class Gateway:
             method=request.method,
             started=time.perf_counter(),
         )
-        self.metrics.inflight.inc()
+        tally = self.metrics.tally
+        tally.enter()
         self.inflight += 1
         response: web.StreamResponse | None = None
         try:
@@ -148,7 +156,7 @@ class Gateway:
             response.headers["X-Request-Id"] = exchange.request_id
             return response
         finally:
-            self.metrics.inflight.dec()
+            tally.leave()
             self.inflight -= 1
             self._observe(request, exchange, response)
 
@@ -227,8 +235,8 @@ class Gateway:
         # client cannot make the gateway buffer anything.
         if (
             isinstance(result, Identity)
-            and request.content_type == FORM_CONTENT_TYPE
             and request.body_exists
+            and request.content_type == FORM_CONTENT_TYPE
         ):
             await _send_continue(request)
             body = await _read_limited(request, min(route.max_body_bytes, FORM_SCAN_BYTES))
@@ -238,14 +246,16 @@ class Gateway:
                 result = Denial("invalid_request", "the token was sent in more than one place")
         if isinstance(result, Denial):
             exchange.denial = result
-            self.metrics.auth_decisions.labels(route.name, "deny", result.reason).inc()
+            self.metrics.tally.inc(
+                self.metrics.auth_decisions.labels(route.name, "deny", result.reason)
+            )
             return errors.denial_response(result, exchange.request_id)
         allowed = self._allowed.get(route.name)
         if allowed is None:
             allowed = self._allowed[route.name] = self.metrics.auth_decisions.labels(
                 route.name, "allow", "none"
             )
-        allowed.inc()
+        self.metrics.tally.inc(allowed)
         return result, body
 
     async def check_token(
@@ -273,7 +283,7 @@ class Gateway:
         if exchange is not None:
             exchange.caller = caller
             exchange.identity_headers = headers
-        return cast(Identity | Denial, decision)
+        return cast("Identity | Denial", decision)
 
     async def _forward(
         self,
@@ -326,15 +336,23 @@ class Gateway:
         spoofable and identity headers removed; forwarding, request id and (after
         authorisation) identity headers set."""
         incoming = request.headers
-        stripper = self.compiled.stripper
-        drop = self._never_forwarded
         if "Connection" in incoming:
-            drop = drop | {header_key(name) for name in connection_tokens(incoming)}
-        headers = [
-            (name, value)
-            for name, value in incoming.items()
-            if not ((key := header_key(name)) in drop or stripper.is_identity_key(key))
-        ]
+            stripper = self.compiled.stripper
+            drop = self._never_forwarded | {header_key(n) for n in connection_tokens(incoming)}
+            headers = [
+                (name, value)
+                for name, value in incoming.items()
+                if not ((key := header_key(name)) in drop or stripper.is_identity_key(key))
+            ]
+        else:
+            forwardable = self._forwardable
+            headers = []
+            for name, value in incoming.items():
+                verdict = forwardable.get(name)
+                if verdict is None:
+                    verdict = self._judge_header(name)
+                if verdict:
+                    headers.append((name, value))
         peer = request.remote
         headers += forwarded_headers(
             incoming,
@@ -347,6 +365,15 @@ class Gateway:
         if exchange.identity is not None:
             headers.extend(exchange.identity_headers)
         return headers
+
+    def _judge_header(self, name: str) -> bool:
+        """Whether a request header of this name may reach the upstream (``Connection`` aside),
+        remembered for the next request: a client sends the same few names every time."""
+        key = header_key(name)
+        verdict = not (key in self._never_forwarded or self.compiled.stripper.is_identity_key(key))
+        if len(self._forwardable) < FORWARDABLE_NAMES and len(name) <= 64:
+            self._forwardable[name] = verdict
+        return verdict
 
     # -- observe ------------------------------------------------------------------------------
 
@@ -394,10 +421,11 @@ class Gateway:
                 metrics.upstream_duration.labels(route),
             )
         requests, duration, upstream_duration = series
-        requests.inc()
-        duration.observe(elapsed)
+        tally = self.metrics.tally
+        tally.inc(requests)
+        tally.observe(duration, elapsed)
         if exchange.upstream_seconds is not None:
-            upstream_duration.observe(exchange.upstream_seconds)
+            tally.observe(upstream_duration, exchange.upstream_seconds)
         if not logs_enabled(logging.INFO):
             return
         # A log line that cannot be written (stdout closed, a full pipe) must not fail the

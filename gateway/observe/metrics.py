@@ -30,8 +30,10 @@ forgets itself (:meth:`Metrics.close`).
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -43,6 +45,7 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
 
 # The names of SPEC §6 are the contract: the `<name>_created` companion series the text format
 # would add for every counter and histogram are extra names (and absent in multiprocess mode).
@@ -82,10 +85,99 @@ def multiprocess_dir() -> str | None:
     return path
 
 
+class Tally:
+    """What the request path counts, kept in plain numbers and handed to prometheus-client in
+    bulk whenever the registry is collected (every scrape, every ``get_sample_value``).
+
+    A labelled child's ``inc()`` takes a lock and ``observe()`` walks the buckets under two:
+    about 8 µs of every request between them. Here a request adds to dicts, and
+    :meth:`flush` passes the sums on just before anything reads them, so a scrape sees exactly
+    what it would have seen. Only the event loop's thread counts (the gateway's only thread
+    that serves requests). In multiprocess mode other processes read the values at any time:
+    :class:`DirectTally` writes them through instead.
+    """
+
+    def __init__(self, inflight: Gauge) -> None:
+        self._inflight_gauge = inflight
+        self.inflight = 0  # requests in progress
+        self._counts: dict[Counter, int] = {}  # counter child -> increments not yet passed on
+        self._observed: dict[Histogram, list[float]] = {}  # child -> [sum, count per bucket]
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+
+    def inc(self, counter: Counter) -> None:
+        counts = self._counts
+        counts[counter] = counts.get(counter, 0) + 1
+
+    def observe(self, histogram: Histogram, value: float) -> None:
+        pending = self._observed.get(histogram)
+        if pending is None:
+            pending = self._observed[histogram] = [0.0] * (len(histogram._upper_bounds) + 1)
+        pending[0] += value
+        # The first bucket whose upper bound is >= value, as Histogram.observe picks it (the
+        # last bound is +Inf, so there always is one).
+        pending[1 + bisect_left(histogram._upper_bounds, value)] += 1
+
+    def flush(self) -> None:
+        """Pass every count on to its metric, and the in-flight requests to their gauge."""
+        self._inflight_gauge.set(self.inflight)
+        counts, self._counts = self._counts, {}
+        for counter, increments in counts.items():
+            counter.inc(increments)
+        for histogram, pending in self._observed.items():
+            if not any(pending):
+                continue
+            # Histogram.observe(), a bucket at a time: its sum and the (non-cumulative) count
+            # of each bucket. tests/observe/test_tally.py checks that the exposition matches.
+            histogram._sum.inc(pending[0])
+            for index, observations in enumerate(pending[1:]):
+                if observations:
+                    histogram._buckets[index].inc(observations)
+            pending[:] = [0.0] * len(pending)
+
+
+class DirectTally(Tally):
+    """A tally that writes every count through at once (multiprocess mode)."""
+
+    def enter(self) -> None:
+        self._inflight_gauge.inc()
+
+    def leave(self) -> None:
+        self._inflight_gauge.dec()
+
+    def inc(self, counter: Counter) -> None:
+        counter.inc()
+
+    def observe(self, histogram: Histogram, value: float) -> None:
+        histogram.observe(value)
+
+    def flush(self) -> None:
+        pass
+
+
+class _FlushFirst(Collector):
+    """Registered before every metric: collecting the registry flushes the tally first."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Any]:
+        self._metrics.tally.flush()
+        return []
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+
 class Metrics:
     """Every gateway metric, registered in a registry of its own.
 
-    In multiprocess mode (see the module's docstring) there must be one per process."""
+    In multiprocess mode (see the module's docstring) there must be one per process. What the
+    request path counts goes through :attr:`tally`."""
 
     def __init__(self) -> None:
         self.multiprocess_dir = multiprocess_dir()
@@ -93,6 +185,7 @@ class Metrics:
             os.makedirs(self.multiprocess_dir, exist_ok=True)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        r.register(_FlushFirst(self))  # first: every collection flushes before reading a metric
         self.requests = Counter(
             "gateway_requests_total",
             "Requests answered, by route, method and status code",
@@ -163,6 +256,8 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        kind = DirectTally if self.multiprocess_dir is not None else Tally
+        self.tally: Tally = kind(self.inflight)
 
     def declare(
         self,

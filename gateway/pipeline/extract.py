@@ -8,6 +8,7 @@ one would the upstream believe?
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
@@ -19,8 +20,15 @@ from .decision import Denial
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 FORM_SCAN_BYTES = 1024 * 1024
 
-# RFC 6750 §2.1 b64token; used with `fullmatch` (`$` would let a trailing newline through).
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN_CHARS = (string.ascii_letters + string.digits + "-._~+/").encode("ascii")
+
+
+def is_b64token(token: str) -> bool:
+    """Whether ``token`` is a b64token: one C loop over the bytes (a regular expression took
+    twice as long over a typical 800-character JWT)."""
+    body = token.rstrip("=")
+    return bool(body) and body.isascii() and not body.encode().translate(None, _B64TOKEN_CHARS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +66,7 @@ def extract_bearer(
     # Before any parsing: a huge token must cost nothing (SPEC `max_token_bytes`).
     if len(token) > max_token_bytes:
         return Denial("malformed_token", "the token is too long")
-    if not _B64TOKEN.fullmatch(token):
+    if not is_b64token(token):
         return Denial("malformed_token", "the token is malformed")
     return BearerToken(token)
 

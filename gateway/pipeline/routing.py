@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 
@@ -456,6 +456,9 @@ def _covering_host_keys(host: HostPattern) -> list[str]:
     return keys
 
 
+_UNSEEN = object()  # a lookup not remembered (None is an answer: no route)
+
+
 class RouteTable(Generic[T]):
     """Routes in file order; the first one whose host, path and method all match wins.
 
@@ -464,10 +467,19 @@ class RouteTable(Generic[T]):
     route wins.
     """
 
-    __slots__ = ("_entries", "_paths")
+    __slots__ = ("_entries", "_paths", "_recent")
+
+    # Answers remembered by (Host header, path, method), oldest out first: most traffic asks
+    # the same few questions (Kong's router keeps such a cache too). Long keys are not kept,
+    # so the memory is bounded: about RECENT × RECENT_KEY_CHARS characters at most.
+    RECENT = 4096
+    RECENT_KEY_CHARS = 512
 
     def __init__(self, entries: Iterable[tuple[RouteMatcher, T]]) -> None:
         self._entries: tuple[tuple[RouteMatcher, T], ...] = tuple(entries)
+        self._recent: dict[
+            tuple[str | None, str, str], Match[T] | MethodNotAllowed | None
+        ] = {}
         self._paths = _PathTrie()
         for index, (matcher, _) in enumerate(self._entries):
             self._paths.add(matcher.path, index)
@@ -490,6 +502,21 @@ class RouteTable(Generic[T]):
         route matches host and path (404), MethodNotAllowed when some do but not the method
         (405).
         """
+        key = (host, path, method)
+        recent = self._recent
+        found = recent.get(key, _UNSEEN)
+        if found is not _UNSEEN:
+            return cast("Match[T] | MethodNotAllowed | None", found)
+        found = self._find(host, path, method)
+        if len(path) + len(method) + (len(host) if host else 0) <= self.RECENT_KEY_CHARS:
+            if len(recent) >= self.RECENT:
+                del recent[next(iter(recent))]
+            recent[key] = found
+        return found
+
+    def _find(
+        self, host: str | None, path: str, method: str
+    ) -> Match[T] | MethodNotAllowed | None:
         host_name = None if host is None else host_without_port(host)
         parts = _split(path)
         allow: set[str] = set()

@@ -37,6 +37,14 @@ class _BodyError(Exception):
         self.exceeded = exceeded
 
 
+class _WholeResponse(web.StreamResponse):
+    """An answer whose body is complete before its head is sent: aiohttp holds the head back
+    and writes it with the body (as it does for ``web.Response``), one send instead of two.
+    A streamed answer's head goes at once, so that a slow body is not a slow head."""
+
+    _send_headers_immediately = False
+
+
 @dataclass(slots=True)
 class Forwarded:
     """What happened upstream, for metrics and the access log."""
@@ -88,13 +96,15 @@ async def forward(
             connection = await _begin(pool, connection, head, body, request.method, deadline)
         status, reason, lines = await connection.response()
         upstream_seconds = time.perf_counter() - started
-        response = web.StreamResponse(status=status, reason=reason.decode("latin-1"))
+        whole = connection.body_if_complete()
+        # A body already here goes out in the same write as the head (one send, not two).
+        kind = _WholeResponse if whole is not None else web.StreamResponse
+        response = kind(status=status, reason=reason.decode("latin-1"))
         copy_response_headers(lines, response.headers)
         response.headers["X-Request-Id"] = request_id
         if decorate is not None:
             decorate(response.headers)
         await response.prepare(request)
-        whole = connection.body_if_complete()
         if whole is not None:
             await response.write_eof(whole)
         else:

@@ -229,6 +229,22 @@ async def test_spoofed_identity_headers_are_removed_on_a_public_route(
     assert ("X_Other_Header", "kept") in received(stack)
 
 
+async def test_spoofed_identity_headers_are_removed_on_every_request_not_only_the_first(
+    identity_stack: Stack,
+) -> None:
+    # The gateway remembers each header name's verdict after the first request: the ones after
+    # it, on this route and on others, must be judged the same.
+    stack = identity_stack
+    spoofed = {value for _, value in SPOOFED}
+    for path in ("/status", "/status", "/orders/1", "/status", "/orders/1"):
+        token = stack.issuer.token() if path == "/orders/1" else None
+        response = await get(stack, path, token, headers=[*SPOOFED, ("X_Other_Header", "kept")])
+        assert response.status == 200
+        headers = stack.upstream.received[-1].headers
+        assert not [(name, value) for name, value in headers if value in spoofed]
+        assert ("X_Other_Header", "kept") in headers
+
+
 async def test_spoofed_identity_headers_are_replaced_by_exactly_one_true_value(
     identity_stack: Stack,
 ) -> None:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.pipeline.decision import Denial
-from gateway.pipeline.extract import BearerToken, carries_access_token, extract_bearer
+from gateway.pipeline.extract import (
+    BearerToken,
+    carries_access_token,
+    extract_bearer,
+    is_b64token,
+)
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl"
 LIMIT = 8192
@@ -108,6 +115,18 @@ def test_a_token_outside_the_b64token_alphabet_is_malformed(value: str) -> None:
 @pytest.mark.parametrize("value", ["abc=", "abc==", "a-b_c.d~e+f/g"])
 def test_every_b64token_character_is_accepted(value: str) -> None:
     assert extract(f"Bearer {value}") == BearerToken(value)
+
+
+# RFC 6750 §2.1's grammar, as written: what the gateway's faster check must agree with.
+B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+@given(
+    st.text(alphabet=st.sampled_from("aZ09-._~+/=") | st.characters(), max_size=60)
+    | st.text(max_size=60)
+)
+def test_the_b64token_check_agrees_with_the_rfc_grammar(value: str) -> None:
+    assert is_b64token(value) == bool(B64TOKEN.fullmatch(value))
 
 
 @given(st.text(alphabet=st.characters(codec="latin-1"), max_size=200))

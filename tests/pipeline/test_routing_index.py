@@ -107,8 +107,31 @@ def test_a_lookup_agrees_with_trying_every_route_in_file_order(
     entries: list[tuple[RouteMatcher, int]], paths: list[str], host: str | None, method: str
 ) -> None:
     table = RouteTable(entries)
-    for path in paths:
+    for path in paths + paths:  # the second time from the table's remembered answers
         assert table.lookup(host, path, method) == linear_lookup(entries, host, path, method)
+
+
+def test_remembered_lookups_are_bounded_and_the_oldest_go_first(
+    monkeypatch: pytest.MonkeyPatch, comparisons: dict[str, int]
+) -> None:
+    monkeypatch.setattr(RouteTable, "RECENT", 8)
+    table = RouteTable([(RouteMatcher((), PathPattern.parse("/a/{id}"), None), 0)])
+    for n in range(100):
+        assert table.lookup(None, f"/a/{n}", "GET") == Match(0, {"id": str(n)})
+    assert len(table._recent) == 8
+    before = comparisons["match"]
+    assert table.lookup(None, "/a/99", "GET") == Match(0, {"id": "99"})  # remembered
+    assert comparisons["match"] == before
+    assert table.lookup(None, "/a/0", "GET") == Match(0, {"id": "0"})  # long gone: matched
+    assert comparisons["match"] == before + 1
+
+
+def test_a_lookup_with_a_long_path_is_answered_but_not_remembered() -> None:
+    table = RouteTable([(RouteMatcher((), PathPattern.parse("/a/**"), None), 0)])
+    long_path = "/a/" + "x" * RouteTable.RECENT_KEY_CHARS
+    assert table.lookup("a.test", long_path, "GET") == Match(0, {})
+    assert table.lookup("a.test", "/a/short", "GET") == Match(0, {})
+    assert list(table._recent) == [("a.test", "/a/short", "GET")]
 
 
 @given(tables)

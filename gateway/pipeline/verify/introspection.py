@@ -97,7 +97,7 @@ class Introspector:
         key = cache_key(self._cache_scope, token)
         cached = self._cache.get(key)
         if cached is not None:
-            self._hits.inc()
+            self._metrics.tally.inc(self._hits)
             return cached
         # The shared cache is asked inside the flight, not before joining it: a request that
         # missed in memory, then waited for Redis while the flight ended (and left `_inflight`)

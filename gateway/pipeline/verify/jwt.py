@@ -255,7 +255,8 @@ class JwtVerifier:
                     entry = None
         counter = self._hits if entry is not None else self._misses if count_miss else None
         if counter is not None:
-            counter.inc()
+            assert self._metrics is not None
+            self._metrics.tally.inc(counter)
         return entry
 
     async def verify(
