@@ -477,9 +477,7 @@ class RouteTable(Generic[T]):
 
     def __init__(self, entries: Iterable[tuple[RouteMatcher, T]]) -> None:
         self._entries: tuple[tuple[RouteMatcher, T], ...] = tuple(entries)
-        self._recent: dict[
-            tuple[str | None, str, str], Match[T] | MethodNotAllowed | None
-        ] = {}
+        self._recent: dict[tuple[str | None, str, str], Match[T] | MethodNotAllowed | None] = {}
         self._paths = _PathTrie()
         for index, (matcher, _) in enumerate(self._entries):
             self._paths.add(matcher.path, index)
@@ -514,9 +512,7 @@ class RouteTable(Generic[T]):
             recent[key] = found
         return found
 
-    def _find(
-        self, host: str | None, path: str, method: str
-    ) -> Match[T] | MethodNotAllowed | None:
+    def _find(self, host: str | None, path: str, method: str) -> Match[T] | MethodNotAllowed | None:
         host_name = None if host is None else host_without_port(host)
         parts = _split(path)
         allow: set[str] = set()
