@@ -41,11 +41,14 @@ def extract_bearer(
     *,
     query_has_token: bool,
     max_token_bytes: int,
+    check_alphabet: bool = True,
 ) -> BearerToken | Denial:
     """The bearer token from the request's Authorization header values.
 
     ``query_has_token`` says whether ``access_token`` appears in the query string (or a form
-    body); it is never accepted, and is an error next to a header token.
+    body); it is never accepted, and is an error next to a header token. ``check_alphabet=False``
+    leaves the b64token check to the verifier (``TokenVerifier.verify``), which makes it only
+    for a token it has not already verified.
     """
     if len(authorization) > 1:
         return Denial("invalid_request", "more than one Authorization header")
@@ -66,9 +69,13 @@ def extract_bearer(
     # Before any parsing: a huge token must cost nothing (SPEC `max_token_bytes`).
     if len(token) > max_token_bytes:
         return Denial("malformed_token", "the token is too long")
-    if not is_b64token(token):
-        return Denial("malformed_token", "the token is malformed")
+    if check_alphabet and not is_b64token(token):
+        return not_b64token()
     return BearerToken(token)
+
+
+def not_b64token() -> Denial:
+    return Denial("malformed_token", "the token is malformed")
 
 
 def carries_access_token(urlencoded: str) -> bool:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 from collections.abc import Iterable, Mapping
+from email.utils import formatdate
 from functools import lru_cache
 from random import getrandbits
 
@@ -112,15 +114,36 @@ def forwarded_headers(
 _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 
 
-def copy_response_headers(lines: list[tuple[bytes, bytes]], into: CIMultiDict[str]) -> None:
-    """Add the upstream's response header lines, as parsed, to ``into``, less the hop-by-hop
-    ones (including any that its ``Connection`` header names)."""
+_date: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """Now as an HTTP date (RFC 9110 §5.6.7), formatted once a second."""
+    global _date
+    now = int(time.time())
+    if _date[0] != now:
+        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
+    return _date[1]
+
+
+def end_to_end_lines(lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
+    """The upstream's response header lines, as parsed, less the hop-by-hop ones (including any
+    that its ``Connection`` header names): (name, lower-case name, value) each."""
     drop = _HOP_BY_HOP_BYTES
     for name, value in lines:
         if name.lower() == b"connection":
             named = {t.strip().lower() for t in value.split(b",")}
             drop = drop | named
-    add = into.add
+    kept = []
     for name, value in lines:
-        if name.lower() not in drop:
-            add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        lower = name.lower()
+        if lower not in drop:
+            kept.append((name, lower, value))
+    return kept
+
+
+def copy_response_headers(lines: list[tuple[bytes, bytes]], into: CIMultiDict[str]) -> None:
+    """Add the upstream's end-to-end response header lines to ``into``."""
+    add = into.add
+    for name, _, value in end_to_end_lines(lines):
+        add(name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))

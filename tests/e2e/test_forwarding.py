@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from tests.e2e.wire import (
     TcpUpstream,
@@ -652,3 +653,103 @@ async def test_an_upstream_that_stalls_in_the_middle_of_its_body_past_timeout_is
             with pytest.raises(aiohttp.ClientPayloadError):
                 await asyncio.wait_for(response.read(), WAIT)
         assert time.monotonic() - started < 2.0
+
+
+# -- answers complete before they are sent -------------------------------------------------------
+# A small answer that has fully arrived is written to the client in one piece, from the
+# upstream's header bytes; a larger or slower one streams through aiohttp's response. A client
+# must not be able to tell which.
+
+ANSWER_HEAD = (
+    b"HTTP/1.1 201 Created\r\nX-A: 1\r\nConnection: x-hop, keep-alive\r\nX-Hop: drop\r\n"
+    b"Keep-Alive: timeout=5\r\nX-Request-Id: forged\r\nTransfer-Encoding: chunked\r\n"
+    b"X-B: 2\r\nX-A: 3\r\n\r\n"
+)
+
+
+async def whole_or_streamed(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: TcpUpstream
+) -> None:
+    while True:
+        head = await read_request_head(reader)
+        upstream.requests.append(head)
+        if b" /open/whole " in head:
+            writer.write(ANSWER_HEAD + b"b\r\nhello world\r\n0\r\n\r\n")
+        else:
+            writer.write(ANSWER_HEAD + b"6\r\nhello \r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"5\r\nworld\r\n0\r\n\r\n")
+        await writer.drain()
+
+
+def end_to_end(headers: CIMultiDict[str]) -> list[tuple[str, str]]:
+    """The headers, less those that frame the message or differ by request (id, time)."""
+    varying = {"content-length", "transfer-encoding", "date", "x-request-id"}
+    return [(k.lower(), v) for k, v in headers.items() if k.lower() not in varying]
+
+
+async def test_an_answer_complete_before_it_is_sent_has_the_headers_of_a_streamed_one(
+    tmp_path: Path, issuer: TokenIssuer
+) -> None:
+    async with (
+        tcp_upstream(whole_or_streamed) as upstream,
+        gateway_before(tmp_path, issuer, upstream.url) as gw,
+    ):
+        whole = await raw_request(gw.url, "/open/whole")
+        streamed = await raw_request(gw.url, "/open/streamed")
+    assert (whole.status, whole.body) == (streamed.status, streamed.body) == (201, b"hello world")
+    assert end_to_end(whole.headers) == end_to_end(streamed.headers)
+    assert [v for k, v in end_to_end(whole.headers) if k == "x-a"] == ["1", "3"]
+    for hop in ("connection", "x-hop", "keep-alive"):
+        assert hop not in whole.headers
+    assert whole.headers["Content-Length"] == "11" and "Transfer-Encoding" not in whole.headers
+    for response in (whole, streamed):
+        assert response.headers["X-Request-Id"] != "forged"
+        assert len(response.headers.getall("X-Request-Id")) == 1
+        assert "Date" in response.headers
+
+
+async def answer_by_status(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: TcpUpstream
+) -> None:
+    while True:
+        head = await read_request_head(reader)
+        status = head.split(b" ")[1].rsplit(b"/", 1)[1]
+        if status == b"200":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        else:  # a length the gateway must not pass on: these answers never have a body
+            writer.write(b"HTTP/1.1 %b Whatever\r\nContent-Length: 7\r\n\r\n" % status)
+        await writer.drain()
+
+
+async def test_204_and_304_answers_carry_no_length_and_the_next_request_is_answered(
+    tmp_path: Path, issuer: TokenIssuer
+) -> None:
+    async with (
+        tcp_upstream(answer_by_status) as upstream,
+        gateway_before(tmp_path, issuer, upstream.url) as gw,
+        open_raw(gw.url) as (reader, writer),
+    ):
+        for status in (204, 304, 200):
+            writer.write(request_head("GET", f"/open/{status}", "gw"))
+            await writer.drain()
+            response = await read_response(reader)
+            assert response.status == status
+            if status == 200:
+                assert response.body == b"ok"
+            else:
+                assert "Content-Length" not in response.headers
+
+
+async def test_a_client_that_asks_to_close_is_told_so_and_its_connection_ends(
+    echo: tuple[str, Upstream],
+) -> None:
+    url, _ = echo
+    async with open_raw(url) as (reader, writer):
+        writer.write(request_head("GET", "/open/x", "gw", [("Connection", "close")]))
+        await writer.drain()
+        response = await read_response(reader)
+        assert response.status == 200
+        assert response.headers["Connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), WAIT) == b""

@@ -259,6 +259,21 @@ async def test_a_valid_token_one_byte_over_max_token_bytes_is_refused_before_par
     assert decisions(stack, "orders-read", "deny", "malformed_token") == 1
 
 
+@pytest.mark.parametrize("token", ["abc;def", "ab=cd", "{json}", "abc,def"])
+async def test_a_token_outside_the_b64token_alphabet_is_refused_as_malformed(
+    stack: Stack, token: str
+) -> None:
+    async with stack.http.get(
+        f"{stack.url}/orders/1", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"] == (
+            'Bearer error="invalid_token", error_description="the token is malformed"'
+        )
+    assert stack.upstream.received == []
+    assert decisions(stack, "orders-read", "deny", "malformed_token") == 1
+
+
 async def test_a_public_route_ignores_a_token_in_two_places(stack: Stack) -> None:
     async with stack.http.get(
         f"{stack.url}/status?access_token=x", headers={"Authorization": "Bearer garbage"}

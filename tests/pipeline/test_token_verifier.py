@@ -92,7 +92,7 @@ async def test_an_opaque_token_is_introspected_by_an_issuer_that_introspects(
     assert first.tokens_asked() == [OPAQUE]
 
 
-@pytest.mark.parametrize("token", ["abc+/=.de~f.ghi", "a.b", "a.b.c.d", "tok.en"])
+@pytest.mark.parametrize("token", ["ab+/c.de~f.ghi==", "a.b", "a.b.c.d", "tok.en"])
 async def test_a_token_that_is_not_three_base64url_segments_is_introspected(
     tmp_path: Path, first: AuthorizationServer, token: str
 ) -> None:
@@ -101,6 +101,16 @@ async def test_a_token_that_is_not_three_base64url_segments_is_introspected(
     async with verifier_for(tmp_path, introspecting("first", first)) as verifier:
         assert reason(await verifier.verify(token)) == "verified"
     assert first.tokens_asked() == [token]
+
+
+@pytest.mark.parametrize("token", ["a b", "tok\u00e9n", "ab=c", "a.b.c\n"], ids=repr)
+async def test_a_token_outside_the_b64token_alphabet_is_malformed_and_never_introspected(
+    tmp_path: Path, first: AuthorizationServer, token: str
+) -> None:
+    first.accept(token)
+    async with verifier_for(tmp_path, introspecting("first", first)) as verifier:
+        assert reason(await verifier.verify(token)) == "malformed_token"
+    assert first.tokens_asked() == []
 
 
 async def test_an_opaque_token_is_malformed_where_no_issuer_introspects(

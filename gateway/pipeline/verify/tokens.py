@@ -18,6 +18,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from ..decision import Denial, VerifiedToken
+from ..extract import is_b64token, not_b64token
 from .claims import lifetime_denial, malformed
 from .introspection import Introspector, judge_answer
 from .jwt import JwtVerifier, unverified_issuer
@@ -73,12 +74,16 @@ class TokenVerifier:
     async def verify(
         self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
     ) -> VerifiedToken | Denial:
-        # A JWT that checked out before needs no parsing, nor a look at its issuer first. (Two
-        # dots: only what could be a JWT is hashed to look; an opaque token rarely has them.)
-        if token.count(".") == 2:
+        # A JWT that checked out before needs no parsing, nor a look at its issuer first. (Only
+        # what could be a JWT is hashed to look: an opaque token rarely has a dot.)
+        if "." in token:
             known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime)
             if known is not None:
                 return known
+        # Any token met for the first time must be a b64token (RFC 6750 §2.1); one that was
+        # verified before was one (the gateway's extraction leaves this check to here).
+        if not is_b64token(token):
+            return not_b64token()
         if is_compact_jws(token):
             if not self._introspects_jwts:
                 return await self._jwt.verify(token, allowed, check_lifetime=check_lifetime)
