@@ -18,9 +18,9 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from joserfc import jws
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jws import JWSRegistry
 
@@ -39,6 +39,8 @@ warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=Securi
 # base64 decoding then silently drops, so two different strings would read as one segment.
 # Tokens remembered after a good signature check (about 1-2 KiB each).
 VERIFIED_CACHE_SIZE = 10_000
+# Decoded token headers remembered (an issuer's tokens share a few).
+HEADERS_REMEMBERED = 256
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 # Headers we understand. `crit` naming anything is refused: we implement no extension (RFC 7515
@@ -106,13 +108,26 @@ def _decode_segment(segment: str) -> dict[str, Any] | None:
     if not _SEGMENT.fullmatch(segment):
         return None
     try:
-        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = _b64decode(segment)
         value = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: a few thousand `[` fit in `max_token_bytes` and exhaust the JSON
         # parser's stack; that is a malformed token, not a server error.
         return None
     return value if isinstance(value, dict) else None
+
+
+@lru_cache(maxsize=HEADERS_REMEMBERED)
+def _header(segment: str) -> dict[str, Any] | None:
+    """``_decode_segment`` for a header segment, remembered: an issuer's tokens share a few
+    headers (``alg``, ``kid``, ``typ``), so each is parsed once, not once a token. The dict is
+    shared, and never changed."""
+    return _decode_segment(segment)
+
+
+def _b64decode(segment: str) -> bytes:
+    """A base64url segment already matched by ``_SEGMENT`` (or empty)."""
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 def _no_constants(name: str) -> Any:
@@ -281,7 +296,7 @@ class JwtVerifier:
             # accepted (SPEC: compact JWS only). An empty signature is let through to be
             # refused by its `alg` (`none`: disallowed_alg) or by the signature check.
             return malformed()
-        header = _decode_segment(parts[0])
+        header = _header(parts[0])
         payload = _decode_segment(parts[1])
         if header is None or payload is None:
             return malformed()
@@ -322,7 +337,9 @@ class JwtVerifier:
         keys = await self._keys_for(issuer, header.get("kid"), alg)
         if isinstance(keys, Denial):
             return keys
-        signer = next((key for key in keys if self._signature_ok(issuer, token, key, alg)), None)
+        signing_input, _, signature = token.rpartition(".")
+        signed = Signed(signing_input.encode("ascii"), _b64decode(signature), header)
+        signer = next((key for key in keys if self._signature_ok(issuer, signed, key, alg)), None)
         if signer is None:
             return Denial("invalid_signature", "the token's signature is invalid")
         if issuer.token_type is not None:
@@ -366,17 +383,33 @@ class JwtVerifier:
             candidates = store.keys.candidates(alg)
         return candidates or _no_key(store)
 
-    def _signature_ok(self, issuer: IssuerKeys, token: str, key: SigningKey, alg: str) -> bool:
+    def _signature_ok(self, issuer: IssuerKeys, signed: Signed, key: SigningKey, alg: str) -> bool:
+        """What joserfc's ``deserialize_compact`` checks, without parsing the token again: the
+        header's registered members, the algorithm (allowed by the issuer's registry), the key
+        (of the algorithm's type, allowed to verify), and the signature."""
+        registry = issuer.registry
         try:
-            jws.deserialize_compact(token, key.key, algorithms=[alg], registry=issuer.registry)
+            registry.check_header(signed.header)
+            registry.validate_signature_size(signed.signature)
+            algorithm = registry.get_alg(alg)
+            algorithm.check_key(key.key)
+            return bool(algorithm.verify(signed.signing_input, signed.signature, key.key))
         except (JoseError, ValueError, TypeError):
             return False
-        return True
 
     def lifetime_denial(self, issuer_name: str, payload: Mapping[str, Any]) -> Denial | None:
         """Why the token is outside its validity window (with the issuer's leeway), or None."""
         leeway = self._issuers[issuer_name].leeway
         return lifetime_denial(payload, leeway=leeway, now=self._clock(), require_exp=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """The parts of a compact JWS a signature check needs, decoded once for every key tried."""
+
+    signing_input: bytes  # ASCII header "." payload, as sent
+    signature: bytes
+    header: dict[str, Any]
 
 
 def _no_key(store: KeySource) -> Denial:
