@@ -36,12 +36,30 @@ _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 _MULTI_SLASH = re.compile(r"/{2,}")
 
 
+# Canonical forms remembered by raw path, oldest out first (a refused path is not kept): the
+# same few paths come again and again. Long paths are not kept, so the memory is bounded.
+REMEMBERED_PATHS = 4096
+REMEMBERED_PATH_CHARS = 256
+_remembered: dict[str, str] = {}
+
+
 def normalize_path(raw_path: str) -> str:
     """Return the canonical form of a raw, still percent-encoded request path.
 
     Raises AmbiguousPath for anything two HTTP servers could read differently, so that the path
     the gateway routes on is exactly the path the upstream will act on.
     """
+    path = _remembered.get(raw_path)
+    if path is None:
+        path = _normalize(raw_path)
+        if len(raw_path) <= REMEMBERED_PATH_CHARS:
+            if len(_remembered) >= REMEMBERED_PATHS:
+                del _remembered[next(iter(_remembered))]
+            _remembered[raw_path] = path
+    return path
+
+
+def _normalize(raw_path: str) -> str:
     if raw_path == "":
         # RFC 9112 §3.2.1: an empty path in origin-form is the same as "/".
         return "/"

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from gateway.pipeline import ingress
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -233,3 +234,23 @@ FORBIDDEN = [*'\x00\\ "<>^`{|}\x7f', "%2F", "%5c", "%00", "%g0"]
 def test_a_forbidden_character_or_escape_anywhere_is_rejected(raw: str, bad: str) -> None:
     with pytest.raises(AmbiguousPath):
         normalize_path(raw + bad)
+
+
+@given(raw_paths)
+def test_a_path_seen_before_gets_the_same_answer_as_the_first_time(raw: str) -> None:
+    first, again = outcome(raw), outcome(raw)  # the second from the remembered forms
+    assert first == again
+
+
+def test_remembered_paths_are_bounded_and_long_ones_are_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ingress, "REMEMBERED_PATHS", 8)
+    monkeypatch.setattr(ingress, "_remembered", {})
+    for n in range(100):
+        assert normalize_path(f"/a/./{n}") == f"/a/{n}"
+    assert len(ingress._remembered) == 8
+    long_path = "/x/" + "y" * ingress.REMEMBERED_PATH_CHARS
+    assert normalize_path(long_path) == long_path
+    assert long_path not in ingress._remembered
+    assert "/a/./99" in ingress._remembered and "/a/./0" not in ingress._remembered

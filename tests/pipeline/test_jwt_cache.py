@@ -70,6 +70,35 @@ async def test_a_cached_token_still_expires() -> None:
     assert isinstance(result, Denial) and result.reason == "expired"
 
 
+async def test_a_cached_token_not_valid_yet_is_refused_until_its_nbf_less_the_leeway() -> None:
+    subject = await counted()
+    early = token(nbf=NOW + 100)  # leeway 30 s: good from NOW + 70
+    for _ in range(2):
+        result = await subject.verifier.verify(early)
+        assert isinstance(result, Denial) and result.reason == "not_yet_valid"
+    subject.clock.now = NOW + 70
+    assert isinstance(await subject.verifier.verify(early), VerifiedToken)
+    assert subject.signature_checks == 1
+
+
+async def test_a_cached_token_issued_in_the_future_is_refused_until_then() -> None:
+    subject = await counted()
+    future = token(iat=NOW + 100)
+    for _ in range(2):
+        result = await subject.verifier.verify(future)
+        assert isinstance(result, Denial) and result.reason == "not_yet_valid"
+    subject.clock.now = NOW + 70
+    assert isinstance(await subject.verifier.verify(future), VerifiedToken)
+
+
+async def test_a_token_without_exp_is_refused_every_time_the_cache_sees_it() -> None:
+    subject = await counted()
+    endless = token(exp=None)
+    for _ in range(3):
+        result = await subject.verifier.verify(endless)
+        assert isinstance(result, Denial) and result.reason == "malformed_token"
+
+
 async def test_a_cached_token_of_another_issuer_is_still_refused_where_that_issuer_is_not() -> None:
     subject = await counted()
     good = token()
@@ -146,7 +175,7 @@ def test_expired_entries_are_swept_from_memory_even_if_never_looked_up_again() -
     token = VerifiedToken(issuer="corp", claims={}, scopes=frozenset())
 
     def entry(expires: float) -> _Verified:
-        return _Verified(token, cast(SigningKey, None), KeySet(), expires)
+        return _Verified(token, cast(SigningKey, None), KeySet(), expires, NOW)
 
     for n in range(10):
         cache[b"short-%d" % n] = entry(NOW + 1)
@@ -159,7 +188,7 @@ def test_expired_entries_are_swept_from_memory_even_if_never_looked_up_again() -
 def test_the_least_recently_used_entry_goes_first_when_the_cache_is_full() -> None:
     cache = _VerifiedCache(2, Clock())
     token = VerifiedToken(issuer="corp", claims={}, scopes=frozenset())
-    entry = _Verified(token, cast(SigningKey, None), KeySet(), NOW + 3600)
+    entry = _Verified(token, cast(SigningKey, None), KeySet(), NOW + 3600, NOW)
     cache[b"a"] = entry
     cache[b"b"] = entry
     assert cache.get(b"a") is entry  # "b" is now the least recently used

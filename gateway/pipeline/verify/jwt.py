@@ -164,6 +164,9 @@ class _Verified:
     key: SigningKey
     published: KeySet  # the issuer's key set in which ``key`` was last seen
     expires: float  # when the entry goes: ``exp`` plus the issuer's leeway
+    # From when its lifetime is surely good (``nbf`` and ``iat`` less the leeway, and an
+    # ``exp`` there at all; else never, and lifetime_denial says why each time).
+    valid_from: float
 
 
 class _VerifiedCache:
@@ -240,11 +243,14 @@ class JwtVerifier:
         """The answer for a token that checked out before (its lifetime judged now), or None
         when it has to be verified: the hot path, with no parsing and no signature check."""
         entry = self._remembered(_digest(token), allowed, count_miss=False)
-        if entry is None:
-            return None
+        return None if entry is None else self._still_valid(entry, check_lifetime)
+
+    def _still_valid(self, entry: _Verified, check_lifetime: bool) -> VerifiedToken | Denial:
         verified = entry.token
-        if check_lifetime and (problem := self.lifetime_denial(verified.issuer, verified.claims)):
-            return problem
+        # Not expired, or the cache would have dropped it: whether it is valid yet is all
+        # that is left to judge, and lifetime_denial says why not, when it is not.
+        if check_lifetime and self._clock() < entry.valid_from:
+            return self.lifetime_denial(verified.issuer, verified.claims) or verified
         return verified
 
     def _remembered(
@@ -264,7 +270,7 @@ class JwtVerifier:
                 # revoked) takes its tokens with it.
                 if any(key is entry.key for key in published.keys):
                     entry = self._verified[digest] = _Verified(
-                        entry.token, entry.key, published, entry.expires
+                        entry.token, entry.key, published, entry.expires, entry.valid_from
                     )
                 else:
                     entry = None
@@ -284,12 +290,7 @@ class JwtVerifier:
         """
         digest = _digest(token)
         if (entry := self._remembered(digest, allowed)) is not None:
-            verified = entry.token
-            if check_lifetime and (
-                problem := self.lifetime_denial(verified.issuer, verified.claims)
-            ):
-                return problem
-            return verified
+            return self._still_valid(entry, check_lifetime)
         parts = token.split(".")
         if len(parts) != 3 or (parts[2] and not _SEGMENT.fullmatch(parts[2])):
             # Five segments would be JWE; JSON serialisation has no dots at all: neither is
@@ -352,11 +353,13 @@ class JwtVerifier:
             claims=payload,
             scopes=parse_scopes(payload, issuer.scope_claim),
         )
-        exp = payload.get("exp")
-        expires = math.inf
-        if isinstance(exp, int | float) and not isinstance(exp, bool):
+        expires, valid_from = math.inf, math.inf
+        exp: Any = payload.get("exp")
+        if _is_number(exp):
             expires = exp + issuer.leeway
-        return _Verified(verified, signer, issuer.keys.keys, expires)
+            starts = [payload[name] for name in ("nbf", "iat") if _is_number(payload.get(name))]
+            valid_from = max(starts, default=-math.inf) - issuer.leeway
+        return _Verified(verified, signer, issuer.keys.keys, expires, valid_from)
 
     async def _keys_for(
         self, issuer: IssuerKeys, kid: str | None, alg: str
@@ -410,6 +413,10 @@ class Signed:
     signing_input: bytes  # ASCII header "." payload, as sent
     signature: bytes
     header: dict[str, Any]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _no_key(store: KeySource) -> Denial:
