@@ -74,6 +74,10 @@ class Target:
 TARGETS = [
     Target("harness", "client → fixed upstream, no server between", "harness", "/public/item"),
     Target("aiohttp", "bare aiohttp `web.Server`, `Response(body=b'ok')`", "aiohttp", "/item"),
+    Target("httptools", "floor: httptools server protocol, a task a request, answering `ok`",
+           "httptools", "/item"),
+    Target("httptools-proxy", "floor: httptools server + the gateway's upstream pool, no checks",
+           "httptools-proxy", "/item"),
     Target("public", "gateway, public route", "gateway", "/public/item"),
     Target("public-token", "gateway, public route, the RS256 token sent (not checked)",
            "gateway", "/public/item", "rs256"),
@@ -217,6 +221,77 @@ async def bare_aiohttp() -> AsyncIterator[int]:
         await runner.cleanup()
 
 
+class BareHttptools(asyncio.Protocol):
+    """A floor, not a server: requests parsed by httptools and handled by one task each, as
+    aiohttp does; no limits, no timeouts, no checks. With ``pool``, the gateway's own upstream
+    client forwards each request (head only: GETs) and relays the answer whole."""
+
+    def __init__(self, pool: Any = None) -> None:
+        import httptools
+
+        self.parser = httptools.HttpRequestParser(self)
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.url = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_message_complete(self) -> None:
+        headers, self.headers = self.headers, []
+        asyncio.get_running_loop().create_task(self.handle(self.url, headers))
+
+    async def handle(self, url: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        assert self.transport is not None
+        if self.pool is None:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return
+        pool = self.pool
+        await pool.take_slot()
+        connection = await pool.connect()
+        try:
+            lines = b"".join(b"%b: %b\r\n" % (n, v) for n, v in headers if n.lower() != b"host")
+            connection.begin(b"GET %b HTTP/1.1\r\nHost: up\r\n%b\r\n" % (url, lines), no_body=False)
+            status, _, _ = await connection.response()
+            body = connection.body_if_complete() or b""
+            self.transport.write(
+                b"HTTP/1.1 %d OK\r\nContent-Length: %d\r\n\r\n%b" % (status, len(body), body)
+            )
+        finally:
+            pool.release(connection)
+            pool.free_slot()
+
+
+@contextlib.asynccontextmanager
+async def bare_httptools(upstream: int | None) -> AsyncIterator[int]:
+    pool = None
+    if upstream is not None:
+        from gateway.upstream.client import UpstreamPool
+        from gateway.upstream.target import UpstreamTarget
+
+        target = UpstreamTarget("up", "http", "127.0.0.1", upstream, "", 5.0, 30.0, 64, False)
+        pool = UpstreamPool(target)
+    server = await asyncio.get_running_loop().create_server(
+        lambda: BareHttptools(pool), "127.0.0.1", 0
+    )
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        if pool is not None:
+            await pool.close()
+
+
 @contextlib.asynccontextmanager
 async def gateway(workdir: Path, upstream: int) -> AsyncIterator[int]:
     """GatewayServer on ephemeral loopback ports, from compare.py's configuration, loaded and
@@ -256,6 +331,9 @@ async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> No
             port = upstream_port
         elif target.server == "aiohttp":
             port = await stack.enter_async_context(bare_aiohttp())
+        elif target.server.startswith("httptools"):
+            proxy_to = upstream_port if target.server == "httptools-proxy" else None
+            port = await stack.enter_async_context(bare_httptools(proxy_to))
         else:
             port = await stack.enter_async_context(gateway(workdir, upstream_port))
         head = f"GET {target.path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
