@@ -313,7 +313,7 @@ class Gateway:
                 request_id=rid,
             )
             return self._finish(response, exchange, route, request)
-        if body is None:
+        if body is None and "Expect" in request.headers:
             await _send_continue(request)
         # The upstream's answer is sent from inside forward(): its headers must get the CORS
         # headers there, before they are on the wire.

@@ -98,7 +98,10 @@ class GuardedConnection(RequestHandler):
             # Parse no more than the head may still grow by: a 1 MB head in one read is
             # refused at 64 KiB, not read whole first.
             budget = self._limits.max_head_bytes - self._head_bytes
-            piece, data = data[:budget], data[budget:]
+            if len(data) <= budget:
+                piece, data = data, b""  # the common read: no copies
+            else:
+                piece, data = data[:budget], data[budget:]
             if self._parse(piece):
                 self._head_started, self._head_bytes = None, 0
                 self._body_read = now

@@ -111,12 +111,18 @@ class UpstreamPool:
         finally:
             self.free_slot()
 
+    def take_free_slot(self) -> bool:
+        """Take a slot if one is free with nobody waiting (no coroutine: the common case)."""
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return True
+        return False
+
     async def take_slot(self) -> None:
         """``slot()`` without a context manager (the forwarder's hot path): pair each call
         that returns with one ``free_slot()``. (A counter rather than asyncio.Semaphore,
         whose ``locked()`` alone cost more than the rest of this.)"""
-        if self._free > 0 and not self._waiting:
-            self._free -= 1
+        if self.take_free_slot():
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
@@ -143,16 +149,22 @@ class UpstreamPool:
                 return
         self._free += 1
 
+    def reuse(self) -> Http1Connection | None:
+        """An idle pooled connection still usable, if there is one (within a slot)."""
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.usable:
+                return connection
+        return None
+
     async def connect(self, *, fresh: bool = False) -> Http1Connection:
         """An idle pooled connection, or a new one (``fresh``: always a new one).
 
         Call within ``slot()``. Raises TimeoutError past ``connect_timeout``, OSError when the
         upstream refuses."""
-        idle = self._idle
-        while idle and not fresh:
-            connection = idle.pop()
-            if connection.usable:
-                return connection
+        if not fresh and (connection := self.reuse()) is not None:
+            return connection
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.target.connect_timeout):
             _, connection = await loop.create_connection(

@@ -94,10 +94,11 @@ async def forward(
     deadline = pool.deadline()
     slot = False
     try:
-        await pool.take_slot()
+        if not pool.take_free_slot():
+            await pool.take_slot()
         slot = True
         head = _request_head(request, target, headers, host or pool.host, body, streamed)
-        connection = deadline.watch(await pool.connect())
+        connection = deadline.watch(pool.reuse() or await pool.connect())
         if streamed:
             connection.begin(head, no_body=request.method == "HEAD")
             sender = asyncio.ensure_future(
