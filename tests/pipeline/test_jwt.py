@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import string
 from collections.abc import Collection
 from typing import Any
 
@@ -234,6 +235,17 @@ async def test_a_token_hmaced_with_the_rsa_public_jwk_json_is_refused_as_disallo
 
 async def test_an_algorithm_outside_the_issuers_allow_list_is_refused() -> None:
     assert await reason_of(token("ES256"), algorithms=["RS256"]) == "disallowed_alg"
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+async def test_a_signature_of_a_length_no_base64url_encoding_has_is_an_invalid_signature(
+    cut: int,
+) -> None:
+    # Found by the raw-socket fuzzer: 4n+1 characters cannot be decoded at all (a 500 then).
+    header, payload, signature = token().split(".")
+    for length in (len(signature) - cut, len(signature) + 4 - cut):
+        mangled = (signature * 2)[:length]
+        assert await reason_of(f"{header}.{payload}.{mangled}") == "invalid_signature"
 
 
 async def test_an_rs256_signature_relabelled_ps256_is_refused_as_invalid_signature() -> None:
@@ -600,6 +612,22 @@ def test_a_good_token_with_any_other_signature_is_an_invalid_signature(
     if b64url(signature) == original:
         return
     result = run_verify(f"{header}.{payload}.{b64url(signature)}")
+    assert isinstance(result, Denial) and result.reason == "invalid_signature"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    alg=st.sampled_from(sorted(GOOD)),
+    signature=st.text(alphabet=string.ascii_letters + string.digits + "-_", max_size=700),
+)
+def test_a_good_token_with_any_base64url_text_as_signature_is_an_invalid_signature(
+    alg: str, signature: str
+) -> None:
+    # Any length, 4n+1 included, which no bytes encode to.
+    header, payload, original = GOOD[alg].split(".")
+    if signature == original:
+        return
+    result = run_verify(f"{header}.{payload}.{signature}")
     assert isinstance(result, Denial) and result.reason == "invalid_signature"
 
 

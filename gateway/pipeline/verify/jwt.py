@@ -339,7 +339,10 @@ class JwtVerifier:
         if isinstance(keys, Denial):
             return keys
         signing_input, _, signature = token.rpartition(".")
-        signed = Signed(signing_input.encode("ascii"), _b64decode(signature), header)
+        try:
+            signed = Signed(signing_input.encode("ascii"), _b64decode(signature), header)
+        except binascii.Error:  # base64url characters, but a length no encoding has
+            return Denial("invalid_signature", "the token's signature is invalid")
         signer = next((key for key in keys if self._signature_ok(issuer, signed, key, alg)), None)
         if signer is None:
             return Denial("invalid_signature", "the token's signature is invalid")
