@@ -9,6 +9,7 @@ every input that different servers are known to read differently.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from urllib.parse import unquote_to_bytes
 
 __all__ = ["AmbiguousPath", "normalize_path"]
@@ -40,7 +41,7 @@ _MULTI_SLASH = re.compile(r"/{2,}")
 # same few paths come again and again. Long paths are not kept, so the memory is bounded.
 REMEMBERED_PATHS = 4096
 REMEMBERED_PATH_CHARS = 256
-_remembered: dict[str, str] = {}
+_remembered: OrderedDict[str, str] = OrderedDict()  # see RouteTable._recent: O(1) eviction
 
 
 def normalize_path(raw_path: str) -> str:
@@ -54,7 +55,7 @@ def normalize_path(raw_path: str) -> str:
         path = _normalize(raw_path)
         if len(raw_path) <= REMEMBERED_PATH_CHARS:
             if len(_remembered) >= REMEMBERED_PATHS:
-                del _remembered[next(iter(_remembered))]
+                _remembered.popitem(last=False)
             _remembered[raw_path] = path
     return path
 

@@ -9,6 +9,7 @@ reaches into a protected one. Paths given to matchers must already be canonical 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
@@ -477,7 +478,11 @@ class RouteTable(Generic[T]):
 
     def __init__(self, entries: Iterable[tuple[RouteMatcher, T]]) -> None:
         self._entries: tuple[tuple[RouteMatcher, T], ...] = tuple(entries)
-        self._recent: dict[tuple[str | None, str, str], Match[T] | MethodNotAllowed | None] = {}
+        # An OrderedDict: evicting a plain dict's oldest key (`next(iter(d))`) walks over
+        # every slot deleted before it, microseconds once the dict has churned.
+        self._recent: OrderedDict[
+            tuple[str | None, str, str], Match[T] | MethodNotAllowed | None
+        ] = OrderedDict()
         self._paths = _PathTrie()
         for index, (matcher, _) in enumerate(self._entries):
             self._paths.add(matcher.path, index)
@@ -508,7 +513,7 @@ class RouteTable(Generic[T]):
         found = self._find(host, path, method)
         if len(path) + len(method) + (len(host) if host else 0) <= self.RECENT_KEY_CHARS:
             if len(recent) >= self.RECENT:
-                del recent[next(iter(recent))]
+                recent.popitem(last=False)
             recent[key] = found
         return found
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 
 import pytest
 from hypothesis import example, given
@@ -246,7 +247,7 @@ def test_remembered_paths_are_bounded_and_long_ones_are_not_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(ingress, "REMEMBERED_PATHS", 8)
-    monkeypatch.setattr(ingress, "_remembered", {})
+    monkeypatch.setattr(ingress, "_remembered", OrderedDict())
     for n in range(100):
         assert normalize_path(f"/a/./{n}") == f"/a/{n}"
     assert len(ingress._remembered) == 8
