@@ -189,7 +189,9 @@ def _send_whole(
     request id is a safe token (``request_id``)."""
     transport = request.transport
     if transport is None or transport.is_closing():
-        raise ConnectionResetError("the client went away")
+        # The client left while the upstream answered: nothing to send it, and the answer is
+        # logged with the upstream's status, as a cut streamed answer is.
+        return _SentResponse(status, keep_alive=False)
     kept = end_to_end_lines(lines)
     present = {lower for _, lower, _ in kept}
     empty = status in _EMPTY_STATUSES or request.method == "HEAD"
