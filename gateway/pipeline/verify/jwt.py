@@ -27,7 +27,7 @@ from joserfc.jws import JWSRegistry
 from gateway.observe.metrics import Metrics
 
 from ..decision import Denial, VerifiedToken
-from .claims import claim_type_denial, lifetime_denial, malformed, parse_scopes
+from .claims import claim_type_denial, is_number, lifetime_denial, malformed, parse_scopes
 from .jwks import KeySet, KeySource, SigningKey
 
 # joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
@@ -358,9 +358,9 @@ class JwtVerifier:
         )
         expires, valid_from = math.inf, math.inf
         exp: Any = payload.get("exp")
-        if _is_number(exp):
+        if is_number(exp):
             expires = exp + issuer.leeway
-            starts = [payload[name] for name in ("nbf", "iat") if _is_number(payload.get(name))]
+            starts = [payload[name] for name in ("nbf", "iat") if is_number(payload.get(name))]
             valid_from = max(starts, default=-math.inf) - issuer.leeway
         return _Verified(verified, signer, issuer.keys.keys, expires, valid_from)
 
@@ -416,10 +416,6 @@ class Signed:
     signing_input: bytes  # ASCII header "." payload, as sent
     signature: bytes
     header: dict[str, Any]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _no_key(store: KeySource) -> Denial:
