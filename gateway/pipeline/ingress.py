@@ -9,8 +9,9 @@ every input that different servers are known to read differently.
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from urllib.parse import unquote_to_bytes
+
+from .recent import Recent
 
 __all__ = ["AmbiguousPath", "normalize_path"]
 
@@ -41,7 +42,7 @@ _MULTI_SLASH = re.compile(r"/{2,}")
 # same few paths come again and again. Long paths are not kept, so the memory is bounded.
 REMEMBERED_PATHS = 4096
 REMEMBERED_PATH_CHARS = 256
-_remembered: OrderedDict[str, str] = OrderedDict()  # see RouteTable._recent: O(1) eviction
+_remembered: Recent[str, str] = Recent(REMEMBERED_PATHS)
 
 
 def normalize_path(raw_path: str) -> str:
@@ -54,9 +55,7 @@ def normalize_path(raw_path: str) -> str:
     if path is None:
         path = _normalize(raw_path)
         if len(raw_path) <= REMEMBERED_PATH_CHARS:
-            if len(_remembered) >= REMEMBERED_PATHS:
-                _remembered.popitem(last=False)
-            _remembered[raw_path] = path
+            _remembered.remember(raw_path, path)
     return path
 
 

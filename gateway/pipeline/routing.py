@@ -9,12 +9,12 @@ reaches into a protected one. Paths given to matchers must already be canonical 
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
+from gateway.pipeline.recent import Recent
 
 __all__ = [
     "HostPattern",
@@ -478,11 +478,9 @@ class RouteTable(Generic[T]):
 
     def __init__(self, entries: Iterable[tuple[RouteMatcher, T]]) -> None:
         self._entries: tuple[tuple[RouteMatcher, T], ...] = tuple(entries)
-        # An OrderedDict: evicting a plain dict's oldest key (`next(iter(d))`) walks over
-        # every slot deleted before it, microseconds once the dict has churned.
-        self._recent: OrderedDict[
-            tuple[str | None, str, str], Match[T] | MethodNotAllowed | None
-        ] = OrderedDict()
+        self._recent: Recent[tuple[str | None, str, str], Match[T] | MethodNotAllowed | None] = (
+            Recent(self.RECENT)
+        )
         self._paths = _PathTrie()
         for index, (matcher, _) in enumerate(self._entries):
             self._paths.add(matcher.path, index)
@@ -512,9 +510,7 @@ class RouteTable(Generic[T]):
             return cast("Match[T] | MethodNotAllowed | None", found)
         found = self._find(host, path, method)
         if len(path) + len(method) + (len(host) if host else 0) <= self.RECENT_KEY_CHARS:
-            if len(recent) >= self.RECENT:
-                recent.popitem(last=False)
-            recent[key] = found
+            recent.remember(key, found)
         return found
 
     def _find(self, host: str | None, path: str, method: str) -> Match[T] | MethodNotAllowed | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 
 import pytest
 from hypothesis import example, given
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.pipeline import ingress
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
+from gateway.pipeline.recent import Recent
 
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 
@@ -246,8 +246,7 @@ def test_a_path_seen_before_gets_the_same_answer_as_the_first_time(raw: str) -> 
 def test_remembered_paths_are_bounded_and_long_ones_are_not_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(ingress, "REMEMBERED_PATHS", 8)
-    monkeypatch.setattr(ingress, "_remembered", OrderedDict())
+    monkeypatch.setattr(ingress, "_remembered", Recent(8))
     for n in range(100):
         assert normalize_path(f"/a/./{n}") == f"/a/{n}"
     assert len(ingress._remembered) == 8
