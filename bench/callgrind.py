@@ -93,8 +93,8 @@ BASELINE, HARNESS = "aiohttp", "harness"
 # -- the driver: one process, one event loop ---------------------------------------------------
 
 
-class FixedUpstream(asyncio.Protocol):
-    """Answers every request head with a fixed `200 ok`, keep-alive (GETs: no body to skip)."""
+class Buffered(asyncio.Protocol):
+    """A connection's transport and the bytes received and not yet answered."""
 
     def __init__(self) -> None:
         self.buffer = b""
@@ -102,6 +102,10 @@ class FixedUpstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+
+class FixedUpstream(Buffered):
+    """Answers every request head with a fixed `200 ok`, keep-alive (GETs: no body to skip)."""
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -111,16 +115,9 @@ class FixedUpstream(asyncio.Protocol):
             self.transport.write(RESPONSE)
 
 
-class IntrospectionEndpoint(asyncio.Protocol):
+class IntrospectionEndpoint(Buffered):
     """RFC 7662 in a few lines: every token is active, with scope `read` (asked once: the
     gateway caches the answer)."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None

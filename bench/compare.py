@@ -82,7 +82,8 @@ GOALS = [
     ("gw-rs256-cold", "haproxy-mix", 0.5, "cache-miss mix (cache off) ≥ 0.5× HAProxy"),
 ]
 
-GATEWAY_CONFIG = """\
+# Everything but the routes: bench/scaling.py adds routes of its own to it.
+GATEWAY_HEAD = """\
 listen: 127.0.0.1:{port}
 admin: {{listen: "127.0.0.1:{admin}"}}
 workers: 1
@@ -108,6 +109,11 @@ issuers:
 upstreams:
   up: {{url: "http://127.0.0.1:{upstream}", max_connections: 1024}}
 routes:
+"""
+
+GATEWAY_CONFIG = (
+    GATEWAY_HEAD
+    + """\
   - name: public
     match: {{path: /public/**}}
     upstream: up
@@ -125,6 +131,7 @@ routes:
     upstream: up
     auth: {{issuers: [opaque], scopes: [read]}}
 """
+)
 
 NGINX_CONFIG = """\
 daemon off;

@@ -57,6 +57,7 @@ from compare import (  # noqa: E402
     AUDIENCE,
     EC_KID,
     ES_ISSUER,
+    GATEWAY_HEAD,
     ISSUER,
     MIX_LUA,
     SINGLE_LUA,
@@ -89,33 +90,7 @@ EXTRA_KEYS = 19  # the 20-key JWKS: 19 other RSA keys, then the signing key last
 COLD_MIX = 1_000  # distinct tokens sent to a gateway whose JWT cache holds one
 GOAL = 0.95  # the issue's target: 10,000 routes at least 0.95× the req/s of 10 routes
 
-CONFIG = """\
-listen: 127.0.0.1:{port}
-admin: {{listen: "127.0.0.1:{admin}"}}
-workers: 1
-shutdown_timeout: 2s
-issuers:
-  rs:
-    issuer: {issuer}
-    jwks_file: {jwks}
-    algorithms: [RS256]
-    audiences: [{audience}]
-  es:
-    issuer: {es_issuer}
-    jwks_file: {es_jwks}
-    algorithms: [ES256]
-    audiences: [{audience}]
-  opaque:
-    issuer: {as_issuer}
-    allow_http: true
-    introspection:
-      endpoint: http://127.0.0.1:{introspection}/introspect
-      client_id: bench
-      client_secret: bench-secret
-upstreams:
-  up: {{url: "http://127.0.0.1:{upstream}", max_connections: 1024}}
-routes:
-{routes}"""
+CONFIG = GATEWAY_HEAD + "{routes}"  # compare.py's issuers and upstream, routes of our own
 
 MEMORY_ROUTES = """\
   - name: es256
@@ -280,7 +255,7 @@ def gateway(
     config = bench.workdir / f"{key}.yaml"
     config.write_text(
         CONFIG.format(
-            port=port, admin=admin, issuer=ISSUER, jwks=jwks, audience=AUDIENCE,
+            port=port, admin=admin, issuer=ISSUER, rs_jwks=jwks, audience=AUDIENCE,
             es_issuer=ES_ISSUER, es_jwks=bench.workdir / "es-jwks.json", as_issuer=AS_ISSUER,
             introspection=introspection, upstream=bench.upstream_port, routes=routes,
         )
