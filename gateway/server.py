@@ -1,9 +1,10 @@
 """The listeners and their lifecycle: start, serve, reload, drain, stop (SPEC §8).
 
-The public listener is aiohttp's low-level server: every request goes to the current
-:class:`Gateway`, with no framework routing in between (the gateway does its own, on the
-normalised path). A reload builds a whole new Gateway from the file and swaps it in at once:
-requests in flight finish on the one they started with.
+The public listener is aiohttp's low-level server, with a short way of its own for the common
+request (``gateway.downstream``): every request goes to the current :class:`Gateway`, with no
+framework routing in between (the gateway does its own, on the normalised path). A reload
+builds a whole new Gateway from the file and swaps it in at once: requests in flight finish on
+the one they started with.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from gateway.admin import admin_app
 from gateway.config import ConfigError, load_and_compile
 from gateway.config.compile import CompiledConfig, ConnectionLimits
+from gateway.downstream import ClientConnection
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.pipeline import errors
@@ -226,9 +229,12 @@ def _peer(handler: RequestHandler) -> str | None:
 
 
 class GuardedServer(web.Server):
-    """aiohttp's low-level server, handing each new connection to a :class:`GuardedConnection`
-    with the limits of the configuration current at that moment (a reload applies to the
-    connections opened after it)."""
+    """The public listener's connections, each with the limits of the configuration current
+    when it opens (a reload applies to the connections opened after it).
+
+    A connection starts as a :class:`~gateway.downstream.ClientConnection`, which serves
+    well-formed requests without a body itself and hands anything else, with the connection,
+    to a :class:`GuardedConnection` (aiohttp's low-level server)."""
 
     def __init__(
         self,
@@ -238,9 +244,29 @@ class GuardedServer(web.Server):
     ) -> None:
         super().__init__(handler, **kwargs)
         self._limits = limits
+        self.clients: set[ClientConnection] = set()  # not handed over (yet)
 
-    def __call__(self) -> RequestHandler:
+    def __call__(self) -> ClientConnection:  # type: ignore[override]
         limits = self._limits()
+        return ClientConnection(
+            loop=self._loop,
+            limits=limits,
+            handler=self.request_handler,
+            hand_over=partial(self.guarded, limits),
+            registry=self.clients,
+        )
+
+    def pre_shutdown(self) -> None:
+        for client in list(self.clients):
+            client.close()
+        super().pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        await asyncio.gather(*(client.shutdown(timeout or 0.001) for client in list(self.clients)))
+        await super().shutdown(timeout)
+
+    def guarded(self, limits: ConnectionLimits) -> GuardedConnection:
+        """aiohttp's connection, for a connection handed over."""
         return GuardedConnection(
             self,
             limits,
@@ -292,6 +318,15 @@ class GatewayServer:
         self._inflight = 0  # requests being handled, of every generation
         self.public_port = 0
         self.admin_port = 0
+
+    @property
+    def direct_connections(self) -> int:
+        """Open public connections still served by the gateway's own short way (none handed
+        over to aiohttp's server)."""
+        public = self._public_runner
+        return (
+            len(public.server.clients) if public and isinstance(public.server, GuardedServer) else 0
+        )
 
     def not_ready(self) -> list[str]:
         reasons = self.gateway.not_ready()
