@@ -262,7 +262,7 @@ class GuardedServer(web.Server):
         super().pre_shutdown()
 
     async def shutdown(self, timeout: float | None = None) -> None:
-        await asyncio.gather(*(client.shutdown(timeout or 0.001) for client in list(self.clients)))
+        await asyncio.gather(*(client.shutdown(timeout) for client in list(self.clients)))
         await super().shutdown(timeout)
 
     def guarded(self, limits: ConnectionLimits) -> GuardedConnection:
@@ -324,9 +324,8 @@ class GatewayServer:
         """Open public connections still served by the gateway's own short way (none handed
         over to aiohttp's server)."""
         public = self._public_runner
-        return (
-            len(public.server.clients) if public and isinstance(public.server, GuardedServer) else 0
-        )
+        server = public.server if public is not None else None
+        return len(server.clients) if isinstance(server, GuardedServer) else 0
 
     def not_ready(self) -> list[str]:
         reasons = self.gateway.not_ready()
