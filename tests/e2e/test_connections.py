@@ -187,7 +187,7 @@ async def test_the_short_way_and_aiohttps_server_give_the_same_answer_to_the_sam
             for r in upstream.received
         ]
         body = response.body
-        if response.status >= 400:  # the gateway's own answer: the same but for its request id
+        if response.status >= 400 and body:  # the gateway's own: the same but its request id
             body = json.loads(body) | {"request_id": None}
         seen.append((response.status, names, body, received))
     assert seen[0] == seen[1]
