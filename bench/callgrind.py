@@ -15,7 +15,8 @@ driver calls `os.getloadavg()` before and after the measured requests; callgrind
 requests, start-up and shutdown excluded. The targets: the client against the fixed upstream
 directly (the harness), a bare aiohttp low-level server (the baseline), and the gateway
 (GatewayServer from a configuration like bench/compare.py's) on its public, RS256, ES256 and
-introspected routes. Loopback only; every run is bounded in time. See bench/README.md.
+introspected routes, and on the RS256 route with a new token every request (each a cache
+miss). Loopback only; every run is bounded in time. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import datetime
 import gc
+import itertools
 import json
 import os
 import re
@@ -68,7 +70,7 @@ class Target:
     label: str
     server: str  # "harness": the fixed upstream itself; "aiohttp": bare web.Server; "gateway"
     path: str
-    token: str | None = None  # the key in tokens.json
+    token: str | None = None  # the key in tokens.json: one token, or a list (one a request)
 
 
 TARGETS = [
@@ -82,6 +84,8 @@ TARGETS = [
     Target("public-token", "gateway, public route, the RS256 token sent (not checked)",
            "gateway", "/public/item", "rs256"),
     Target("rs256", "gateway, RS256 JWT route (cached)", "gateway", "/rs/item", "rs256"),
+    Target("rs256-cold", "gateway, RS256 JWT route, a new token every request (cache miss)",
+           "gateway", "/rs/item", "rs256-cold"),
     Target("es256", "gateway, ES256 JWT route (cached)", "gateway", "/es/item", "es256"),
     Target("introspected", "gateway, opaque token (warm cache)", "gateway", "/opaque/item",
            "opaque"),
@@ -334,11 +338,19 @@ async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> No
         else:
             port = await stack.enter_async_context(gateway(workdir, upstream_port))
         head = f"GET {target.path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        tokens: list[str | None] = [None]
         if target.token is not None:
-            token = json.loads((workdir / "tokens.json").read_text())[target.token]
-            request = f"{head}Authorization: Bearer {token}\r\n\r\n".encode()
-        else:
-            request = f"{head}\r\n".encode()
+            chosen = json.loads((workdir / "tokens.json").read_text())[target.token]
+            tokens = chosen if isinstance(chosen, list) else [chosen]
+        if len(tokens) > 1 and len(tokens) < warmup + requests:
+            raise SystemExit(f"{target.key}: {len(tokens)} tokens for {warmup + requests} requests")
+        heads = [
+            f"{head}Authorization: Bearer {token}\r\n\r\n".encode()
+            if token is not None
+            else f"{head}\r\n".encode()
+            for token in tokens
+        ]
+        sent = itertools.cycle(heads)  # one token, or each of many once
         transport, client = await asyncio.get_running_loop().create_connection(
             Client, "127.0.0.1", port
         )
@@ -350,7 +362,7 @@ async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> No
                     if status != 401:
                         raise SystemExit(f"{target.key}: {status} without a token, not 401")
                 for _ in range(warmup):
-                    status, body = await client.send(request)
+                    status, body = await client.send(next(sent))
                     if status != 200 or body != b"ok":
                         raise SystemExit(f"{target.key}: {status} {body[:200]!r}, not 200 ok")
                 # A full collection first: the collector's counters then start from zero in
@@ -360,7 +372,7 @@ async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> No
                 os.getloadavg()  # mark: the measured part starts
                 failed = 0
                 for _ in range(requests):
-                    status, _ = await client.send(request)
+                    status, _ = await client.send(next(sent))
                     failed += status != 200
                 os.getloadavg()  # mark: the measured part ends
                 after = [stats["collections"] for stats in gc.get_stats()]
@@ -374,11 +386,13 @@ async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> No
           file=sys.stderr)  # fmt: skip
 
 
-def prepare(workdir: Path) -> None:
-    """Keys (the JWKS files the configuration names) and one token per protected route."""
+def prepare(workdir: Path, cold_tokens: int) -> None:
+    """Keys (the JWKS files the configuration names), one token per protected route, and
+    ``cold_tokens`` distinct RS256 tokens (each sent once: every request a cache miss)."""
     keys = make_keys(workdir)
     tokens = {
         "rs256": mint(keys.rsa, "RS256", ISSUER),
+        "rs256-cold": [mint(keys.rsa, "RS256", ISSUER) for _ in range(cold_tokens)],
         "es256": mint(keys.ec, "ES256", ES_ISSUER),
         "opaque": "opaque-bench-token",
     }
@@ -390,7 +404,7 @@ def run_driver(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cg-drive-"))
     try:
         if not (workdir / "tokens.json").exists():
-            prepare(workdir)
+            prepare(workdir, args.warmup + args.requests)
         with contextlib.suppress(ImportError):  # the loop `gateway run` uses (gateway/cli.py)
             import uvloop
 
@@ -644,7 +658,7 @@ def main() -> int:
     targets = [target for target in TARGETS if target.key in keys]
     workdir = Path(tempfile.mkdtemp(prefix="gateway-callgrind-"))
     try:
-        prepare(workdir)
+        prepare(workdir, args.warmup + args.requests)
         started = time.monotonic()
         rows = measure(targets, workdir, args)
         print(f"callgrind: all done in {time.monotonic() - started:.0f} s", file=sys.stderr)

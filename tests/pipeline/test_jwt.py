@@ -23,10 +23,11 @@ from joserfc.jws import JWSRegistry
 
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
+from gateway.pipeline.extract import is_b64token
 from gateway.pipeline.verify.fetch import FetchError
 from gateway.pipeline.verify.jwks import KeyStore
 from gateway.pipeline.verify.jwt import JwtVerifier, issuer_keys
-from gateway.pipeline.verify.tokens import is_compact_jws
+from gateway.pipeline.verify.tokens import b64token_is_compact_jws, is_compact_jws
 from tests.support import AUDIENCE, ISSUER, TokenIssuer, b64json, b64url
 
 # Keys are slow to make: once per module. ATTACKER reuses A's issuer URL and kids, with its own
@@ -488,6 +489,23 @@ async def test_a_payload_with_a_duplicate_sub_member_is_malformed() -> None:
     assert await reason_of(sign(header, payload.encode(), A.rsa, "RS256")) == "malformed_token"
 
 
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),  # a UTF-8 byte order mark first
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-32-le"),
+    ],
+    ids=["utf-8 with a BOM", "utf-16", "utf-32"],
+)
+async def test_a_payload_not_in_plain_utf_8_is_malformed(encoded: Any) -> None:
+    # RFC 7519 §7.2: the claims are UTF-8. Other parsers may skip a BOM or guess the encoding;
+    # the gateway reads every payload one way only.
+    header = {"alg": "RS256", "typ": "at+jwt", "kid": A.rsa.kid}
+    payload = encoded(json.dumps(claims()))
+    assert await reason_of(sign(header, payload, A.rsa, "RS256")) == "malformed_token"
+
+
 @pytest.mark.parametrize("segment", [0, 1])
 async def test_a_deeply_nested_json_segment_is_malformed_not_a_crash(segment: int) -> None:
     # About 6 KB of `[` still fits under max_token_bytes and exhausts the JSON parser's stack.
@@ -571,6 +589,18 @@ JSON = st.recursive(
 @given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
 def test_any_string_is_refused_without_raising(candidate: str) -> None:
     assert isinstance(run_verify(candidate), Denial)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=string.ascii_letters + string.digits + "-._~+/", min_size=1, max_size=40)
+    .flatmap(lambda body: st.integers(0, 3).map(lambda pad: body + "=" * pad))
+    .filter(is_b64token)
+)
+def test_a_b64token_is_taken_for_a_jwt_exactly_when_it_has_the_compact_jws_shape(
+    candidate: str,
+) -> None:
+    assert b64token_is_compact_jws(candidate) == is_compact_jws(candidate)
 
 
 @settings(max_examples=300, deadline=None)

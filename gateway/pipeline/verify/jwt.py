@@ -108,8 +108,8 @@ def _decode_segment(segment: str) -> dict[str, Any] | None:
     if not _SEGMENT.fullmatch(segment):
         return None
     try:
-        raw = _b64decode(segment)
-        value = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        # UTF-8 only (RFC 7519 §7.2), so a byte order mark or UTF-16 is refused, not guessed.
+        value = _JSON.decode(_b64decode(segment).decode("utf-8"))
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: a few thousand `[` fit in `max_token_bytes` and exhaust the JSON
         # parser's stack; that is a malformed token, not a server error.
@@ -136,6 +136,17 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate member")
+    return result
+
+
+# Made once: ``json.loads`` with these hooks builds a new decoder for every token.
+_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+
+
 def unverified_issuer(token: str) -> str | None:
     """The ``iss`` a compact JWT claims, before anything is verified: only ever used to pick
     which issuer's rules apply, never trusted."""
@@ -145,15 +156,9 @@ def unverified_issuer(token: str) -> str | None:
     return iss if isinstance(iss, str) else None
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """What the verified-token cache knows a token by (never the token itself)."""
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate member")
-    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +243,17 @@ class JwtVerifier:
         self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
 
     def cached(
-        self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
+        self,
+        token: str,
+        allowed: Collection[str] | None = None,
+        *,
+        check_lifetime: bool = True,
+        digest: bytes | None = None,
     ) -> VerifiedToken | Denial | None:
         """The answer for a token that checked out before (its lifetime judged now), or None
-        when it has to be verified: the hot path, with no parsing and no signature check."""
-        entry = self._remembered(_digest(token), allowed, count_miss=False)
+        when it has to be verified: the hot path, with no parsing and no signature check.
+        ``digest`` is the token's ``token_digest``, when the caller has it already."""
+        entry = self._remembered(digest or token_digest(token), allowed, count_miss=False)
         return None if entry is None else self._still_valid(entry, check_lifetime)
 
     def _still_valid(self, entry: _Verified, check_lifetime: bool) -> VerifiedToken | Denial:
@@ -281,14 +292,20 @@ class JwtVerifier:
         return entry
 
     async def verify(
-        self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
+        self,
+        token: str,
+        allowed: Collection[str] | None = None,
+        *,
+        check_lifetime: bool = True,
+        digest: bytes | None = None,
     ) -> VerifiedToken | Denial:
         """Validate ``token``; ``allowed`` restricts which issuer names may have issued it.
 
         ``check_lifetime=False`` (for ``gateway explain``) returns an expired token's claims so
-        that every other reason can be reported too; see :meth:`lifetime_denial`.
+        that every other reason can be reported too; see :meth:`lifetime_denial`. ``digest``
+        is the token's ``token_digest``, when the caller has it already.
         """
-        digest = _digest(token)
+        digest = digest or token_digest(token)
         if (entry := self._remembered(digest, allowed)) is not None:
             return self._still_valid(entry, check_lifetime)
         parts = token.split(".")
