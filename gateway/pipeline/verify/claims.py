@@ -52,7 +52,8 @@ def claim_at(claims: Mapping[str, Any], path: str) -> Any:
     """The value at a dotted claim path (``realm_access.roles``), or None when absent."""
     value: Any = claims
     for part in path.split("."):
-        if not isinstance(value, Mapping):
+        # A JSON object is a dict: the abstract Mapping check (slow) is for anything else.
+        if not isinstance(value, dict) and not isinstance(value, Mapping):
             return None
         value = value.get(part)
         if value is None:

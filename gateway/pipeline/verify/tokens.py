@@ -96,15 +96,14 @@ class TokenVerifier:
         if not is_b64token(token):
             return not_b64token()
         if b64token_is_compact_jws(token):
-            if not self._introspects_jwts:
-                return await self._jwt.verify(
-                    token, allowed, check_lifetime=check_lifetime, digest=digest
-                )
-            candidates = self._candidates(allowed)
-            iss = unverified_issuer(token)
-            same = [p for p in candidates if p.issuer == iss]
-            if same and all(p.introspect_jwts and p.introspector for p in same):
-                return await self._introspect(token, same, check_lifetime)
+            candidates = self._candidates(allowed) if self._introspects_jwts else []
+            # The claimed issuer is read (the payload parsed) only when the route trusts an
+            # issuer whose JWTs are introspected: otherwise the local check decides anyway.
+            if any(p.introspect_jwts and p.introspector for p in candidates):
+                iss = unverified_issuer(token)
+                same = [p for p in candidates if p.issuer == iss]
+                if same and all(p.introspect_jwts and p.introspector for p in same):
+                    return await self._introspect(token, same, check_lifetime)
             return await self._jwt.verify(
                 token, allowed, check_lifetime=check_lifetime, digest=digest
             )
