@@ -192,26 +192,26 @@ def _send_whole(
         # The client left while the upstream answered: nothing to send it, and the answer is
         # logged with the upstream's status, as a cut streamed answer is.
         return _SentResponse(status, keep_alive=False)
-    kept = end_to_end_lines(lines)
-    present = {lower for _, lower, _ in kept}
-    empty = status in _EMPTY_STATUSES or request.method == "HEAD"
+    method = request.method
+    empty = status in _EMPTY_STATUSES or method == "HEAD"
     # A HEAD answer keeps the length the upstream gave; any other body is framed here.
-    own_length = not (request.method == "HEAD" and status not in _EMPTY_STATUSES)
+    own_length = not (method == "HEAD" and status not in _EMPTY_STATUSES)
     head = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-    head += [
-        b"%b: %b\r\n" % (name, value)
-        for name, lower, value in kept
-        if lower != b"x-request-id" and not (own_length and lower == b"content-length")
-    ]
-    head.append(b"X-Request-Id: %b\r\n" % request_id.encode("ascii"))
+    present = set()
+    for name, lower, value in end_to_end_lines(lines):
+        if lower == b"x-request-id" or (own_length and lower == b"content-length"):
+            continue
+        present.add(lower)
+        head += (name, b": ", value, b"\r\n")
+    head += (b"X-Request-Id: ", request_id.encode("ascii"), b"\r\n")
     if not empty:
         head.append(b"Content-Length: %d\r\n" % len(body))
         if body and b"content-type" not in present:
             head.append(b"Content-Type: application/octet-stream\r\n")
     if b"date" not in present:
-        head.append(b"Date: %b\r\n" % http_date())
+        head += (b"Date: ", http_date(), b"\r\n")
     if b"server" not in present:
-        head.append(b"Server: %b\r\n" % _SERVER)
+        head += (b"Server: ", _SERVER, b"\r\n")
     keep_alive = request.keep_alive
     if not keep_alive:
         head.append(b"Connection: close\r\n")

@@ -129,16 +129,18 @@ def http_date() -> bytes:
 def end_to_end_lines(lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes, bytes]]:
     """The upstream's response header lines, as parsed, less the hop-by-hop ones (including any
     that its ``Connection`` header names): (name, lower-case name, value) each."""
-    drop = _HOP_BY_HOP_BYTES
-    for name, value in lines:
-        if name.lower() == b"connection":
-            named = {t.strip().lower() for t in value.split(b",")}
-            drop = drop | named
     kept = []
+    named: set[bytes] = set()  # what `Connection` names beyond the usual hop-by-hop headers
     for name, value in lines:
         lower = name.lower()
-        if lower not in drop:
-            kept.append((name, lower, value))
+        if lower in _HOP_BY_HOP_BYTES:
+            if lower == b"connection":
+                named.update(t.strip().lower() for t in value.split(b","))
+                named -= _HOP_BY_HOP_BYTES  # `keep-alive`, as a rule: nothing more to drop
+            continue
+        kept.append((name, lower, value))
+    if named:
+        kept = [line for line in kept if line[1] not in named]
     return kept
 
 
