@@ -157,13 +157,12 @@ class ClientConnection(BaseProtocol):
     async def _serve(self, message: RawRequestMessage) -> None:
         loop = self._loop
         protocol = cast("RequestHandler", self)
+        # This task is _serving (set as it was made); asyncio.current_task() would cost a
+        # getpid() system call on Python 3.11, as does every other look-up of the running loop.
+        task = self._serving
+        assert task is not None
         request = web.BaseRequest(
-            message,
-            EMPTY_PAYLOAD,
-            protocol,
-            StreamWriter(self, loop),
-            cast("asyncio.Task[None]", asyncio.current_task()),
-            loop,
+            message, EMPTY_PAYLOAD, protocol, StreamWriter(self, loop), task, loop
         )
         keep_alive = False
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -70,6 +71,9 @@ class UpstreamPool:
         # the timeout (at most 0.1 s): a deadline passes at most that late.
         self._deadlines: set[Deadline] = set()
         self._clock: asyncio.TimerHandle | None = None
+        # Deadlines and idle stamps are read on time.monotonic(), not the loop's clock: on
+        # Python 3.11 each look-up of the running loop is a getpid() system call, and a request
+        # made two. The loop is looked up only to start a timer, once a tick at most.
         self._tick = min(0.1, target.timeout / 10)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -179,11 +183,10 @@ class UpstreamPool:
 
     def deadline(self) -> Deadline:
         """The deadline of an exchange starting now; pair with ``forget()``."""
-        loop = asyncio.get_running_loop()
-        deadline = Deadline(loop.time() + self.target.timeout)
+        deadline = Deadline(time.monotonic() + self.target.timeout)
         self._deadlines.add(deadline)
         if self._clock is None:
-            self._clock = loop.call_later(self._tick, self._check_deadlines)
+            self._clock = asyncio.get_running_loop().call_later(self._tick, self._check_deadlines)
         return deadline
 
     def forget(self, deadline: Deadline) -> None:
@@ -191,30 +194,28 @@ class UpstreamPool:
 
     def _check_deadlines(self) -> None:
         self._clock = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         for deadline in [d for d in self._deadlines if d.when <= now]:
             self._deadlines.discard(deadline)
             deadline.expire()
         if self._deadlines:
-            self._clock = loop.call_later(self._tick, self._check_deadlines)
+            self._clock = asyncio.get_running_loop().call_later(self._tick, self._check_deadlines)
 
     def release(self, connection: Http1Connection) -> None:
         """Return a connection after its exchange; kept only if it can carry another one."""
         if not connection.finish() or self._closed:
             connection.close()
             return
-        loop = asyncio.get_running_loop()
-        connection.idle_since = loop.time()
+        connection.idle_since = time.monotonic()
         self._idle.append(connection)
         if self._sweep is None:
-            self._sweep = loop.call_later(self.idle_timeout, self._expire)
+            self._sweep = asyncio.get_running_loop().call_later(self.idle_timeout, self._expire)
 
     def _expire(self) -> None:
         """Close connections idle for ``idle_timeout``; runs while any are idle."""
         self._sweep = None
-        loop = asyncio.get_running_loop()
-        cutoff = loop.time() - self.idle_timeout
+        now = time.monotonic()
+        cutoff = now - self.idle_timeout
         keep: list[Http1Connection] = []
         for connection in self._idle:
             if connection.idle_since <= cutoff or not connection.usable:
@@ -223,8 +224,8 @@ class UpstreamPool:
                 keep.append(connection)
         self._idle = keep
         if keep:
-            wait = keep[0].idle_since + self.idle_timeout - loop.time()
-            self._sweep = loop.call_later(max(wait, 0.01), self._expire)
+            wait = keep[0].idle_since + self.idle_timeout - now
+            self._sweep = asyncio.get_running_loop().call_later(max(wait, 0.01), self._expire)
 
     @property
     def idle(self) -> int:
