@@ -19,8 +19,8 @@ from yarl import URL
 
 from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.issuers import Issuers
+from gateway.observe.logs import digest_fingerprint, get_logger, info_event
 from gateway.observe.logs import enabled as logs_enabled
-from gateway.observe.logs import get_logger, info_event, token_fingerprint
 from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics, method_label
 from gateway.observe.trace import trace_id
 from gateway.pipeline import errors
@@ -37,6 +37,7 @@ from gateway.pipeline.extract import (
 from gateway.pipeline.identity import header_key, identity_headers
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import Match, MethodNotAllowed
+from gateway.pipeline.verify.jwt import token_digest
 from gateway.upstream.client import UpstreamClients
 from gateway.upstream.forward import forward
 from gateway.upstream.headers import (
@@ -84,7 +85,9 @@ class Exchange:
     # names the subject of an insufficient_scope denial too.
     caller: Identity | None = None
     denial: Denial | None = None
-    token: str | None = None
+    # The token's SHA-256 (never the token): the verified-token cache's key, and the log's
+    # token_fp.
+    token_digest: bytes | None = None
     upstream_seconds: float | None = None
     identity_headers: list[tuple[str, str]] = field(default_factory=list)  # for the upstream
 
@@ -229,8 +232,8 @@ class Gateway:
         result: Identity | Denial
         body: bytes | None = None
         if isinstance(extracted, BearerToken):
-            exchange.token = extracted.value
-            result = await self.check_token(extracted.value, route, exchange)
+            exchange.token_digest = digest = token_digest(extracted.value)
+            result = await self.check_token(extracted.value, route, exchange, digest=digest)
         else:
             result = extracted
         # Only an authorised caller gets its form body read (bounded), so that an anonymous
@@ -261,12 +264,18 @@ class Gateway:
         return result, body
 
     async def check_token(
-        self, token: str, route: CompiledRoute, exchange: Exchange | None = None
+        self,
+        token: str,
+        route: CompiledRoute,
+        exchange: Exchange | None = None,
+        *,
+        digest: bytes | None = None,
     ) -> Identity | Denial:
-        """Verify a token and authorise it for a route (also used by ``gateway explain``)."""
+        """Verify a token and authorise it for a route (``digest``: its ``token_digest``, when
+        made already)."""
         requirement = route.requirement
         assert requirement is not None
-        verified = await self.verifier.verify(token, requirement.issuers)
+        verified = await self.verifier.verify(token, requirement.issuers, digest=digest)
         if isinstance(verified, Denial):
             return verified
         # Audience, scopes and claim rules depend only on the (immutable) claims and the route:
@@ -470,7 +479,7 @@ class Gateway:
             reason=denial.reason if denial else None,
             sub=caller.subject if caller else None,
             client_id=caller.client_id if caller else None,
-            token_fp=token_fingerprint(exchange.token) if exchange.token else None,
+            token_fp=digest_fingerprint(exchange.token_digest) if exchange.token_digest else None,
             remote=request.remote,
             trace_id=trace_id(request.headers.getall("traceparent", [])),
         )

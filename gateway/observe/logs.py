@@ -12,13 +12,18 @@ Levels: ``debug`` adds detail (why a token was refused, in the words sent to the
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextlib
 import hashlib
 import json
 import logging
+import select
 import sys
-from datetime import UTC, datetime
+import time
 from typing import Any, Literal
 
+import orjson
 import structlog
 
 LogFormat = Literal["json", "console"]
@@ -30,6 +35,7 @@ class _StdoutHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            _held.flush()  # request lines held back go first: the lines stay in order
             print(self.format(record), file=sys.stdout, flush=True)
         except Exception:
             self.handleError(record)
@@ -51,16 +57,107 @@ _json_lines = False
 
 def info_event(logger: Any, event: str, fields: dict[str, Any]) -> None:
     """Log an info ``event``: the per-request log's path. In JSON, the line structlog would
-    write (the fields, then ``event``, ``level``, ``timestamp``) is written directly: its
+    write (the fields, then ``event``, ``level``, ``timestamp``) is made directly: its
     processor chain cost ~30 us a line, a third of a proxied request. (No context variables are
-    bound anywhere in the gateway, so there is nothing to merge.)"""
+    bound anywhere in the gateway, so there is nothing to merge.) The line is written with the
+    others of the same turn of the event loop (:class:`_HeldLines`)."""
     if not _json_lines:
         logger.info(event, **fields)
         return
     fields["event"] = event
     fields["level"] = "info"
-    fields["timestamp"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    print(json.dumps(fields), file=sys.stdout, flush=True)
+    fields["timestamp"] = _timestamp()
+    _held.add(json_line(fields))
+
+
+def json_line(obj: Any, **kwargs: Any) -> str:
+    """``obj`` as compact JSON in ASCII, for one log line. orjson writes it in a tenth of
+    json.dumps's time (3 us a request line); what it cannot write (a lone surrogate, an integer
+    past 64 bits) and text beyond ASCII, which it would write unescaped, go to json.dumps, which
+    escapes it: a line in ASCII is written whatever stdout's encoding. ``kwargs``: json.dumps's
+    (structlog passes ``default``)."""
+    try:
+        data = orjson.dumps(obj, default=kwargs.get("default"))
+    except TypeError:
+        data = None
+    if data is not None and data.isascii():
+        return data.decode("ascii")
+    return json.dumps(obj, separators=(",", ":"), **kwargs)
+
+
+# The UTC second last stamped, and its ISO 8601 text: formatted once a second, not a line.
+_second: tuple[int, str] = (0, "")
+
+
+def _timestamp() -> str:
+    """Now in UTC as structlog's ISO stamp writes it (``2026-01-31T12:00:00.123456Z``)."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_second[1]}.{int((now - second) * 1e6):06d}Z"
+
+
+class _HeldLines:
+    """Request lines written to stdout together once a turn of the event loop, rather than
+    each with a flush of its own: under load one turn finishes several requests, and every flush
+    is a system call (about a third of what a line cost). A line is held for the rest of its turn
+    at most; any other log line writes those held first, so the order is kept; what is held at
+    exit is written then. Without a running loop (a command, a test) a line is written at once.
+
+    Each write is whole lines of at most ``PIPE_BUF`` bytes together (a longer line alone), as
+    each line was when it had a write of its own: workers share their supervisor's stdout, and
+    the kernel keeps a write to a pipe in one piece only up to that size."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []  # each with its line end
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the flush is scheduled
+
+    def add(self, line: str) -> None:
+        self._lines.append(line + "\n")
+        if self._loop is not None and self._loop.is_running():
+            return  # this turn's flush is scheduled already
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._loop = loop
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._loop = None
+        lines, self._lines = self._lines, []
+        # A line that cannot be written (stdout closed, a full pipe) must fail no request.
+        with contextlib.suppress(OSError, ValueError):
+            start = size = 0
+            for end, line in enumerate(lines):
+                if size + len(line) > PIPE_BUF and end > start:
+                    _write(lines[start:end])
+                    start, size = end, 0
+                size += len(line)
+            if start < len(lines):
+                _write(lines[start:])
+
+
+# Bytes the kernel writes to a pipe in one piece (POSIX: at least 512; Linux: 4096).
+PIPE_BUF = getattr(select, "PIPE_BUF", 512)
+
+
+def _write(lines: list[str]) -> None:
+    sys.stdout.write("".join(lines))
+    sys.stdout.flush()
+
+
+_held = _HeldLines()
+atexit.register(_held.flush)
+
+
+def _in_order(_logger: Any, _method: str, event_dict: Any) -> Any:
+    """structlog processor: request lines held back are written before any other line."""
+    _held.flush()
+    return event_dict
 
 
 def configure_logging(log_format: LogFormat = "json", level: str = "info") -> None:
@@ -70,7 +167,7 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
     _min_level = numeric
     _json_lines = log_format == "json"
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=json_line)
         if log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -80,6 +177,7 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
     ]
     structlog.configure(
         processors=[
+            _in_order,
             structlog.contextvars.merge_contextvars,
             *stamped,
             structlog.processors.format_exc_info,
@@ -120,4 +218,9 @@ def get_logger(name: str = "gateway") -> Any:
 
 def token_fingerprint(token: str) -> str:
     """First 12 hex digits of the token's SHA-256: enough to correlate, useless to replay."""
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return digest_fingerprint(hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest())
+
+
+def digest_fingerprint(digest: bytes) -> str:
+    """``token_fingerprint`` of a token from its SHA-256 ``digest``, already made."""
+    return digest[:6].hex()

@@ -473,7 +473,11 @@ def logged_errors(log: Path) -> list[str]:
     found = []
     with log.open(errors="replace") as lines:
         for line in lines:
-            if '"level": "error"' in line or '"level": "critical"' in line:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("level") in ("error", "critical"):
                 found.append(line[:500])
     return found
 

@@ -3,14 +3,21 @@ line must be the one structlog would have written."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import re
+import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.observe import logs
-from gateway.observe.logs import configure_logging, get_logger, info_event
+from gateway.observe.logs import configure_logging, get_logger, info_event, json_line
 
 FIELDS = {
     "request_id": "r-1",
@@ -56,3 +63,106 @@ def test_the_console_format_still_goes_through_structlog(
     info_event(get_logger("gateway"), "request", dict(FIELDS))
     out = capsys.readouterr().out
     assert "request" in out and "request_id=r-1" in out and not out.startswith("{")
+
+
+# -- how lines are made and written -----------------------------------------------------------
+
+# What a log line's fields hold: text (lone surrogates included: a path or a claim may decode
+# to one), integers of any size, finite floats, booleans and null.
+FIELD_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(codec=None, categories=None))
+)
+
+
+@given(st.dictionaries(st.text(), FIELD_VALUES, max_size=20))
+def test_a_log_line_is_one_line_of_ascii_json_that_reads_back_as_its_fields(
+    fields: dict[str, object],
+) -> None:
+    line = json_line(fields)
+    assert line.isascii()
+    assert "\n" not in line and "\r" not in line
+    assert json.loads(line) == fields
+
+
+async def test_request_lines_are_written_by_the_end_of_their_turn_of_the_event_loop(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("json", "info")
+    log = get_logger("gateway")
+    info_event(log, "request", {"request_id": "r-1"})
+    info_event(log, "request", {"request_id": "r-2"})
+    await asyncio.sleep(0)
+    assert [line["request_id"] for line in lines(capsys)] == ["r-1", "r-2"]
+
+
+async def test_another_log_line_comes_after_the_request_lines_logged_before_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("json", "info")
+    log = get_logger("gateway")
+    info_event(log, "request", {"request_id": "r-1"})
+    log.warning("jwks_fetch_failed", issuer="corp")
+    info_event(log, "request", {"request_id": "r-2"})
+    await asyncio.sleep(0)
+    events = [(line["event"], line.get("request_id")) for line in lines(capsys)]
+    assert events == [("request", "r-1"), ("jwks_fetch_failed", None), ("request", "r-2")]
+
+
+async def test_a_request_line_that_cannot_be_written_fails_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    configure_logging("json", "info")
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stdout", closed)
+    failures: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: failures.append(context))
+    info_event(get_logger("gateway"), "request", {"request_id": "r-1"})
+    await asyncio.sleep(0)
+    assert failures == []
+
+
+def test_the_timestamp_is_utc_with_microseconds_as_structlog_writes_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging("json", "info")
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    info_event(get_logger("gateway"), "request", {"request_id": "r-1"})
+    stamp = str(lines(capsys)[0]["timestamp"])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert before <= datetime.fromisoformat(stamp.replace("Z", "+00:00")) <= datetime.now(UTC)
+
+
+class Writes(io.StringIO):
+    """A stdout that keeps what each flush wrote, as a pipe's reader would get it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def flush(self) -> None:
+        if self.getvalue():
+            self.writes.append(self.getvalue())
+        self.seek(0)
+        self.truncate()
+
+
+async def test_request_lines_are_written_whole_and_at_most_pipe_buf_bytes_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Workers share one pipe: a write over PIPE_BUF bytes could be cut into by another's."""
+    configure_logging("json", "info")
+    out = Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    log = get_logger("gateway")
+    for n in range(40):
+        info_event(log, "request", {"request_id": f"r-{n}", "path": "/" + "p" * 300})
+    await asyncio.sleep(0)
+    assert len(out.writes) > 1
+    assert all(len(w) <= logs.PIPE_BUF and w.endswith("\n") for w in out.writes)
+    written = [json.loads(line) for line in "".join(out.writes).splitlines()]
+    assert [line["request_id"] for line in written] == [f"r-{n}" for n in range(40)]

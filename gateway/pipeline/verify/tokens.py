@@ -81,13 +81,19 @@ class TokenVerifier:
         )
 
     async def verify(
-        self, token: str, allowed: Collection[str] | None = None, *, check_lifetime: bool = True
+        self,
+        token: str,
+        allowed: Collection[str] | None = None,
+        *,
+        check_lifetime: bool = True,
+        digest: bytes | None = None,
     ) -> VerifiedToken | Denial:
+        """``digest``: the token's ``token_digest``, when the caller has it already."""
         # A JWT that checked out before needs no parsing, nor a look at its issuer first. (Only
-        # what could be a JWT is hashed to look: an opaque token rarely has a dot.)
-        digest = None
+        # what could be a JWT is hashed to look, unless hashed already: an opaque token rarely
+        # has a dot.)
         if "." in token:
-            digest = token_digest(token)
+            digest = digest or token_digest(token)
             known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime, digest=digest)
             if known is not None:
                 return known
