@@ -823,9 +823,14 @@ def start_upstream(bench: Bench) -> tuple[Service, str]:
     return service, "a Python asyncio upstream (nginx not found: apt-get install nginx-light)"
 
 
-def gateway_server(bench: Bench, tokens: Tokens, introspection: int, *, cached: bool) -> Server:
+def gateway_server(
+    bench: Bench, tokens: Tokens, introspection: int, *, cached: bool, logged: bool = False
+) -> Server:
+    """A gateway process: ``cached=False`` with its JWT cache off; ``logged`` at the default
+    ``--log-level info``, a JSON line a request written to its log file (the others run at
+    ``warning``, like HAProxy and nginx here without access logs)."""
     port, admin = free_port(), free_port()
-    name = "gateway" if cached else "gateway-nocache"
+    name = "gateway-logged" if logged else "gateway" if cached else "gateway-nocache"
     config = bench.workdir / f"{name}.yaml"
     config.write_text(
         GATEWAY_CONFIG.format(
@@ -842,9 +847,15 @@ def gateway_server(bench: Bench, tokens: Tokens, introspection: int, *, cached: 
         )
     )
     launcher = ["-m", "gateway"] if cached else [__file__, "--serve-gateway-uncached"]
-    command = [sys.executable, *launcher, "run", "--config", str(config), "--log-level", "warning"]
+    level = "info" if logged else "warning"
+    command = [sys.executable, *launcher, "run", "--config", str(config), "--log-level", level]
     scripts, mix = tokens.scripts, f"{tokens.count} tokens"
-    if cached:
+    if logged:
+        targets = [
+            Target("gw-rs256-logged", "gateway, RS256 JWT route, a log line a request (`info`)",
+                   "/rs/item", "1 token", scripts["rs"], tokens.rs, tokens.rs_bad),
+        ]  # fmt: skip
+    elif cached:
         targets = [
             Target("gw-public", "gateway, public route", "/public/item", "1 token",
                    scripts["rs"], tokens.rs, None),
@@ -1156,6 +1167,7 @@ def main() -> None:
         servers = [
             gateway_server(bench, tokens, introspection.port, cached=True),
             gateway_server(bench, tokens, introspection.port, cached=False),
+            gateway_server(bench, tokens, introspection.port, cached=True, logged=True),
             naive_server(bench, tokens, auth=True),
             naive_server(bench, tokens, auth=False),
             haproxy_server(bench, tokens),
