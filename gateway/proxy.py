@@ -19,7 +19,7 @@ from yarl import URL
 
 from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.issuers import Issuers
-from gateway.observe.logs import digest_fingerprint, get_logger, info_event
+from gateway.observe.logs import digest_fingerprint, get_logger, info_event, token_fingerprint
 from gateway.observe.logs import enabled as logs_enabled
 from gateway.observe.metrics import UNMATCHED_ROUTE, Metrics, method_label
 from gateway.observe.trace import trace_id
@@ -37,7 +37,7 @@ from gateway.pipeline.extract import (
 from gateway.pipeline.identity import header_key, identity_headers
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import Match, MethodNotAllowed
-from gateway.pipeline.verify.jwt import token_digest
+from gateway.pipeline.verify.tokens import jwt_cache_key
 from gateway.upstream.client import UpstreamClients
 from gateway.upstream.forward import forward
 from gateway.upstream.headers import (
@@ -85,8 +85,8 @@ class Exchange:
     # names the subject of an insufficient_scope denial too.
     caller: Identity | None = None
     denial: Denial | None = None
-    # The token's SHA-256 (never the token): the verified-token cache's key, and the log's
-    # token_fp.
+    token: str | None = None
+    # A JWT's SHA-256, the verified-token cache's key: made once, for the log's token_fp too.
     token_digest: bytes | None = None
     upstream_seconds: float | None = None
     identity_headers: list[tuple[str, str]] = field(default_factory=list)  # for the upstream
@@ -232,8 +232,9 @@ class Gateway:
         result: Identity | Denial
         body: bytes | None = None
         if isinstance(extracted, BearerToken):
-            exchange.token_digest = digest = token_digest(extracted.value)
-            result = await self.check_token(extracted.value, route, exchange, digest=digest)
+            exchange.token = token = extracted.value
+            exchange.token_digest = digest = jwt_cache_key(token)
+            result = await self.check_token(token, route, exchange, digest=digest)
         else:
             result = extracted
         # Only an authorised caller gets its form body read (bounded), so that an anonymous
@@ -271,7 +272,7 @@ class Gateway:
         *,
         digest: bytes | None = None,
     ) -> Identity | Denial:
-        """Verify a token and authorise it for a route (``digest``: its ``token_digest``, when
+        """Verify a token and authorise it for a route (``digest``: its ``jwt_cache_key``, when
         made already)."""
         requirement = route.requirement
         assert requirement is not None
@@ -463,6 +464,14 @@ class Gateway:
                 reason=denial.reason,
                 detail=denial.description,
             )
+        digest = exchange.token_digest
+        fingerprint = (
+            digest_fingerprint(digest)
+            if digest is not None
+            else token_fingerprint(exchange.token)
+            if exchange.token
+            else None
+        )
         fields = dict(
             request_id=exchange.request_id,
             method=exchange.method,
@@ -479,7 +488,7 @@ class Gateway:
             reason=denial.reason if denial else None,
             sub=caller.subject if caller else None,
             client_id=caller.client_id if caller else None,
-            token_fp=digest_fingerprint(exchange.token_digest) if exchange.token_digest else None,
+            token_fp=fingerprint,
             remote=request.remote,
             trace_id=trace_id(request.headers.getall("traceparent", [])),
         )

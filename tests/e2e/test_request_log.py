@@ -64,6 +64,21 @@ async def test_an_allowed_request_is_logged_once_with_every_field_and_no_token(
     assert "query-value" not in output
 
 
+async def test_a_token_that_is_not_a_jwt_is_logged_by_its_fingerprint_too(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = "opaque-token-without-a-dot"
+    async with stack.http.get(
+        f"{stack.url}/orders/1", headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status == 401
+    output = capsys.readouterr().out
+    (event,) = request_events(output)
+    assert event["result"] == "deny"
+    assert event["token_fp"] == token_fingerprint(token)
+    assert token not in output
+
+
 async def test_a_denied_request_logs_its_reason_and_never_the_token_from_the_query(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:

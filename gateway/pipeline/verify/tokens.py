@@ -61,6 +61,13 @@ class IssuerPolicy:
     introspect_jwts: bool  # `validation: introspect`, or no keys to check a JWT with
 
 
+def jwt_cache_key(token: str) -> bytes | None:
+    """The key a token is looked up by in the verified-JWT cache (its ``token_digest``), or None
+    for a token never looked up there: only what could be a JWT is hashed to look (an opaque
+    token rarely has a dot)."""
+    return token_digest(token) if "." in token else None
+
+
 class TokenVerifier:
     """Verifies a token by the right means for its kind and issuer."""
 
@@ -88,10 +95,8 @@ class TokenVerifier:
         check_lifetime: bool = True,
         digest: bytes | None = None,
     ) -> VerifiedToken | Denial:
-        """``digest``: the token's ``token_digest``, when the caller has it already."""
-        # A JWT that checked out before needs no parsing, nor a look at its issuer first. (Only
-        # what could be a JWT is hashed to look, unless hashed already: an opaque token rarely
-        # has a dot.)
+        """``digest``: the token's ``jwt_cache_key``, when the caller has made it already."""
+        # A JWT that checked out before needs no parsing, nor a look at its issuer first.
         if "." in token:
             digest = digest or token_digest(token)
             known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime, digest=digest)
