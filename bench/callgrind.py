@@ -71,6 +71,7 @@ class Target:
     server: str  # "harness": the fixed upstream itself; "aiohttp": bare web.Server; "gateway"
     path: str
     token: str | None = None  # the key in tokens.json: one token, or a list (one a request)
+    log_level: str = "warning"  # the gateway's: "info" writes a JSON line a request
 
 
 TARGETS = [
@@ -86,6 +87,8 @@ TARGETS = [
     Target("rs256", "gateway, RS256 JWT route (cached)", "gateway", "/rs/item", "rs256"),
     Target("rs256-cold", "gateway, RS256 JWT route, a new token every request (cache miss)",
            "gateway", "/rs/item", "rs256-cold"),
+    Target("rs256-logged", "gateway, RS256 JWT route (cached), a log line a request (`info`)",
+           "gateway", "/rs/item", "rs256", log_level="info"),
     Target("es256", "gateway, ES256 JWT route (cached)", "gateway", "/es/item", "es256"),
     Target("introspected", "gateway, opaque token (warm cache)", "gateway", "/opaque/item",
            "opaque"),
@@ -294,14 +297,15 @@ async def bare_httptools(upstream: int | None) -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(workdir: Path, upstream: int) -> AsyncIterator[int]:
+async def gateway(workdir: Path, upstream: int, log_level: str) -> AsyncIterator[int]:
     """GatewayServer on ephemeral loopback ports, from compare.py's configuration, loaded and
     compiled the way `gateway run` does it; its introspection endpoint runs here too."""
     from gateway.config import load_and_compile
     from gateway.observe.logs import configure_logging
     from gateway.server import Address, GatewayServer
 
-    configure_logging("json", "warning")  # as compare.py runs it: no line per request
+    # As compare.py runs it: "warning", no line a request (but for the logged target).
+    configure_logging("json", log_level)
     introspection, introspection_port = await start_protocol(IntrospectionEndpoint)
     config = workdir / f"gateway-{os.getpid()}.yaml"
     config.write_text(
@@ -336,7 +340,9 @@ async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> No
             proxy_to = upstream_port if target.server == "httptools-proxy" else None
             port = await stack.enter_async_context(bare_httptools(proxy_to))
         else:
-            port = await stack.enter_async_context(gateway(workdir, upstream_port))
+            port = await stack.enter_async_context(
+                gateway(workdir, upstream_port, target.log_level)
+            )
         head = f"GET {target.path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         tokens: list[str | None] = [None]
         if target.token is not None:

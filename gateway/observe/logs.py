@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import hashlib
 import json
 import logging
@@ -130,7 +129,7 @@ class _HeldLines:
         self._loop = None
         lines, self._lines = self._lines, []
         # A line that cannot be written (stdout closed, a full pipe) must fail no request.
-        with contextlib.suppress(OSError, ValueError):
+        try:
             start = size = 0
             for end, line in enumerate(lines):
                 if size + len(line) > PIPE_BUF and end > start:
@@ -139,6 +138,8 @@ class _HeldLines:
                 size += len(line)
             if start < len(lines):
                 _write(lines[start:])
+        except (OSError, ValueError):
+            pass
 
 
 # Bytes the kernel writes to a pipe in one piece (POSIX: at least 512; Linux: 4096).
