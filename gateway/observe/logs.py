@@ -35,7 +35,7 @@ class _StdoutHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             _held.flush()  # request lines held back go first: the lines stay in order
-            print(self.format(record), file=sys.stdout, flush=True)
+            _write([self.format(record) + "\n"])  # one write, as every line (_HeldLines)
         except Exception:
             self.handleError(record)
 
@@ -185,9 +185,12 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        # No file argument: print() then looks sys.stdout up at each line, so a replaced stdout
-        # (tests, daemons) is followed.
-        logger_factory=structlog.PrintLoggerFactory(),
+        # No file argument: sys.stdout is looked up for each line (the logger is not cached),
+        # so a replaced stdout (tests, daemons) is followed. WriteLogger, not PrintLogger: a
+        # line and its line end go in one write (print() makes two when stdout is unbuffered,
+        # as PYTHONUNBUFFERED=1 in the image makes it, and another worker's line could land
+        # between them).
+        logger_factory=structlog.WriteLoggerFactory(),
         cache_logger_on_first_use=False,
     )
     # aiohttp's own loggers would print request lines with query strings: keep them quiet.

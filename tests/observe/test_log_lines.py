@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -138,17 +139,17 @@ def test_the_timestamp_is_utc_with_microseconds_as_structlog_writes_it(
 
 
 class Writes(io.StringIO):
-    """A stdout that keeps what each flush wrote, as a pipe's reader would get it."""
+    """A stdout that keeps each write apart, as an unbuffered stdout makes each a system call
+    (and as a pipe's reader may get them, between other writers' ones)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[str] = []
 
-    def flush(self) -> None:
-        if self.getvalue():
-            self.writes.append(self.getvalue())
-        self.seek(0)
-        self.truncate()
+    def write(self, text: str) -> int:
+        if text:
+            self.writes.append(text)
+        return len(text)
 
 
 async def test_request_lines_are_written_whole_and_at_most_pipe_buf_bytes_at_a_time(
@@ -166,3 +167,18 @@ async def test_request_lines_are_written_whole_and_at_most_pipe_buf_bytes_at_a_t
     assert all(len(w) <= logs.PIPE_BUF and w.endswith("\n") for w in out.writes)
     written = [json.loads(line) for line in "".join(out.writes).splitlines()]
     assert [line["request_id"] for line in written] == [f"r-{n}" for n in range(40)]
+
+
+def test_every_other_log_line_reaches_stdout_in_one_write_with_its_line_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With stdout unbuffered (PYTHONUNBUFFERED=1, as in the image), print() writes a line and
+    its line end separately: another worker's line could land between them."""
+    configure_logging("json", "info")
+    out = Writes()
+    monkeypatch.setattr(sys, "stdout", out)
+    get_logger("gateway").warning("jwks_fetch_failed", issuer="corp")
+    logging.getLogger("asyncio").error("a library's own error")
+    assert len(out.writes) == 2
+    assert all(w.endswith("\n") and w.count("\n") == 1 for w in out.writes)
+    assert json.loads(out.writes[0])["event"] == "jwks_fetch_failed"
