@@ -101,9 +101,10 @@ def _timestamp() -> str:
 class _HeldLines:
     """Request lines written to stdout together once a turn of the event loop, rather than
     each with a flush of its own: under load one turn finishes several requests, and every flush
-    is a system call (about a third of what a line cost). A line is held for the rest of its turn
-    at most; any other log line writes those held first, so the order is kept; what is held at
-    exit is written then. Without a running loop (a command, a test) a line is written at once.
+    is a system call (two with print() and stdout unbuffered). A line is held for the rest of
+    its turn at most; any other log line writes those held first, so the order is kept; what is
+    held at exit is written then. Without a running loop (a command, a test) a line is written
+    at once.
 
     Each write is whole lines of at most ``PIPE_BUF`` bytes together (a longer line alone), as
     each line was when it had a write of its own: workers share their supervisor's stdout, and
