@@ -97,8 +97,9 @@ class TokenVerifier:
     ) -> VerifiedToken | Denial:
         """``digest``: the token's ``jwt_cache_key``, when the caller has made it already."""
         # A JWT that checked out before needs no parsing, nor a look at its issuer first.
-        if "." in token:
-            digest = digest or token_digest(token)
+        if digest is None:
+            digest = jwt_cache_key(token)
+        if digest is not None:
             known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime, digest=digest)
             if known is not None:
                 return known
