@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from gateway.config.compile import CompiledConfig, CompiledRoute
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, Identity
-from gateway.pipeline.extract import BearerToken, carries_access_token, extract_bearer
+from gateway.pipeline.extract import carries_access_token, extract_bearer
 from gateway.pipeline.identity import identity_headers
 from gateway.pipeline.ingress import AmbiguousPath, normalize_path
 from gateway.pipeline.routing import MethodNotAllowed
@@ -111,10 +111,10 @@ async def _explain(gateway: Gateway, method: str, url: str, token: str | None) -
         query_has_token=in_query,
         max_token_bytes=gateway.max_token_bytes,
     )
-    if not isinstance(extracted, BearerToken):
+    if isinstance(extracted, Denial):
         return Explanation(route.name, requires, "deny", [extracted.reason])
     await gateway.start()
-    judged = await _judge(gateway, route, extracted.value)
+    judged = await _judge(gateway, route, extracted)
     if not isinstance(judged, Identity):
         return Explanation(route.name, requires, "deny", [d.reason for d in judged])
     headers = dict(identity_headers(judged, route.identity_headers))

@@ -25,11 +25,10 @@ from gateway.observe.trace import trace_id
 from gateway.pipeline import errors
 from gateway.pipeline.authorize import Authorizer
 from gateway.pipeline.cors import is_preflight, label_for_origin, preflight_response
-from gateway.pipeline.decision import Denial, Identity
+from gateway.pipeline.decision import Denial, Identity, VerifiedToken
 from gateway.pipeline.extract import (
     FORM_CONTENT_TYPE,
     FORM_SCAN_BYTES,
-    BearerToken,
     carries_access_token,
     extract_bearer,
 )
@@ -222,7 +221,7 @@ class Gateway:
         # Parsed, never searched as text: ``access%5Ftoken`` is the same name once decoded, and
         # an upstream that reads it would take a token the gateway never checked.
         in_query = bool(query) and carries_access_token(query)
-        extracted = extract_bearer(
+        token = extract_bearer(
             request.headers.getall("Authorization", []),
             query_has_token=in_query,
             max_token_bytes=self.max_token_bytes,
@@ -230,12 +229,22 @@ class Gateway:
         )
         result: Identity | Denial
         body: bytes | None = None
-        if isinstance(extracted, BearerToken):
-            exchange.token = token = extracted.value
-            exchange.token_digest = digest = jwt_cache_key(token)
-            result = await self.check_token(token, route, exchange, digest=digest)
+        if isinstance(token, Denial):
+            result = token
         else:
-            result = extracted
+            exchange.token = token
+            exchange.token_digest = digest = jwt_cache_key(token)
+            requirement = route.requirement
+            assert requirement is not None
+            # A JWT met before is answered without a coroutine; any other is verified.
+            verified = None if digest is None else self.verifier.cached(digest, requirement.issuers)
+            if verified is None:
+                verified = await self.verifier.verify(token, requirement.issuers, digest=digest)
+            result = (
+                verified
+                if isinstance(verified, Denial)
+                else self._decide(verified, route, exchange)
+            )
         # Only an authorised caller gets its form body read (bounded), so that an anonymous
         # client cannot make the gateway buffer anything.
         if (
@@ -263,26 +272,18 @@ class Gateway:
         self.metrics.tally.inc(allowed)
         return result, body
 
-    async def check_token(
-        self,
-        token: str,
-        route: CompiledRoute,
-        exchange: Exchange | None = None,
-        *,
-        digest: bytes | None = None,
+    def _decide(
+        self, verified: VerifiedToken, route: CompiledRoute, exchange: Exchange
     ) -> Identity | Denial:
-        """Verify a token and authorise it for a route (``digest``: its ``jwt_cache_key``, when
-        made already)."""
-        requirement = route.requirement
-        assert requirement is not None
-        verified = await self.verifier.verify(token, requirement.issuers, digest=digest)
-        if isinstance(verified, Denial):
-            return verified
+        """Authorise a verified token for a route; the caller and the identity headers go on
+        the exchange."""
         # Audience, scopes and claim rules depend only on the (immutable) claims and the route:
         # judged once per token and route object (a reload makes new route objects). The
-        # lifetime, which does change, was judged by verify() just now.
+        # lifetime, which does change, was judged by the verifier just now.
         memo = verified.decisions.get(id(route))
         if memo is None or memo[0] is not route:
+            requirement = route.requirement
+            assert requirement is not None
             caller = Identity(verified.issuer, verified.claims, verified.scopes)
             decision = self.authorizer.authorize(requirement, verified)
             headers: list[tuple[str, str]] = []
@@ -290,10 +291,7 @@ class Gateway:
                 decision = caller
                 headers = identity_headers(caller, route.identity_headers)
             memo = verified.decisions[id(route)] = (route, caller, decision, headers)
-        _, caller, decision, headers = memo
-        if exchange is not None:
-            exchange.caller = caller
-            exchange.identity_headers = headers
+        _, exchange.caller, decision, exchange.identity_headers = memo
         return cast("Identity | Denial", decision)
 
     async def _forward(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
 from .decision import Denial
@@ -31,19 +30,14 @@ def is_b64token(token: str) -> bool:
     return bool(body) and body.isascii() and not body.encode().translate(None, _B64TOKEN_CHARS)
 
 
-@dataclass(frozen=True, slots=True)
-class BearerToken:
-    value: str
-
-
 def extract_bearer(
     authorization: Sequence[str],
     *,
     query_has_token: bool,
     max_token_bytes: int,
     check_alphabet: bool = True,
-) -> BearerToken | Denial:
-    """The bearer token from the request's Authorization header values.
+) -> str | Denial:
+    """The bearer token from the request's Authorization header values, or why there is none.
 
     ``query_has_token`` says whether ``access_token`` appears in the query string (or a form
     body); it is never accepted, and is an error next to a header token. ``check_alphabet=False``
@@ -71,7 +65,7 @@ def extract_bearer(
         return Denial("malformed_token", "the token is too long")
     if check_alphabet and not is_b64token(token):
         return not_b64token()
-    return BearerToken(token)
+    return token
 
 
 def not_b64token() -> Denial:

@@ -244,52 +244,42 @@ class JwtVerifier:
 
     def cached(
         self,
-        token: str,
+        digest: bytes,
         allowed: Collection[str] | None = None,
         *,
         check_lifetime: bool = True,
-        digest: bytes | None = None,
     ) -> VerifiedToken | Denial | None:
         """The answer for a token that checked out before (its lifetime judged now), or None
-        when it has to be verified: the hot path, with no parsing and no signature check.
-        ``digest`` is the token's ``token_digest``, when the caller has it already."""
-        entry = self._remembered(digest or token_digest(token), allowed, count_miss=False)
-        return None if entry is None else self._still_valid(entry, check_lifetime)
-
-    def _still_valid(self, entry: _Verified, check_lifetime: bool) -> VerifiedToken | Denial:
+        when it has to be verified: the hot path, with no parsing and no signature check, in
+        one function (each call it made took as long as the check in it). ``digest`` is the
+        token's ``token_digest``. A hit is counted here; a miss by :meth:`verify`."""
+        entry = self._verified.get(digest)
+        if entry is None:
+            return None
         verified = entry.token
+        issuer = self._issuers.get(verified.issuer)
+        if issuer is None or (allowed is not None and issuer.name not in allowed):
+            return None
+        keys = issuer.keys
+        if keys.stale:
+            return None  # verify() says why (503)
+        published = keys.keys
+        if published is not entry.published:
+            # The key set changed since: a key withdrawn from the JWKS (rotated out,
+            # revoked) takes its tokens with it.
+            if not any(key is entry.key for key in published.keys):
+                return None
+            self._verified[digest] = _Verified(
+                verified, entry.key, published, entry.expires, entry.valid_from
+            )
+        if self._hits is not None:
+            assert self._metrics is not None
+            self._metrics.tally.inc(self._hits)
         # Not expired, or the cache would have dropped it: whether it is valid yet is all
         # that is left to judge, and lifetime_denial says why not, when it is not.
         if check_lifetime and self._clock() < entry.valid_from:
             return self.lifetime_denial(verified.issuer, verified.claims) or verified
         return verified
-
-    def _remembered(
-        self, digest: bytes, allowed: Collection[str] | None, *, count_miss: bool = True
-    ) -> _Verified | None:
-        entry = self._verified.get(digest)
-        if entry is not None:
-            issuer = self._issuers.get(entry.token.issuer)
-            if (
-                issuer is None
-                or (allowed is not None and issuer.name not in allowed)
-                or issuer.keys.stale
-            ):
-                entry = None
-            elif (published := issuer.keys.keys) is not entry.published:
-                # The key set changed since: a key withdrawn from the JWKS (rotated out,
-                # revoked) takes its tokens with it.
-                if any(key is entry.key for key in published.keys):
-                    entry = self._verified[digest] = _Verified(
-                        entry.token, entry.key, published, entry.expires, entry.valid_from
-                    )
-                else:
-                    entry = None
-        counter = self._hits if entry is not None else self._misses if count_miss else None
-        if counter is not None:
-            assert self._metrics is not None
-            self._metrics.tally.inc(counter)
-        return entry
 
     async def verify(
         self,
@@ -306,8 +296,11 @@ class JwtVerifier:
         is the token's ``token_digest``, when the caller has it already.
         """
         digest = digest or token_digest(token)
-        if (entry := self._remembered(digest, allowed)) is not None:
-            return self._still_valid(entry, check_lifetime)
+        if (known := self.cached(digest, allowed, check_lifetime=check_lifetime)) is not None:
+            return known
+        if self._misses is not None:
+            assert self._metrics is not None
+            self._metrics.tally.inc(self._misses)
         parts = token.split(".")
         if len(parts) != 3 or (parts[2] and not _SEGMENT.fullmatch(parts[2])):
             # Five segments would be JWE; JSON serialisation has no dots at all: neither is

@@ -78,6 +78,9 @@ class TokenVerifier:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._jwt = jwt
+        # A JWT verified before, by its jwt_cache_key: the request path looks here first, and
+        # awaits verify() only on a miss.
+        self.cached = jwt.cached
         self._issuers = issuers
         self._clock = clock
         # Whether any JWT is ever introspected; if none is, a JWT's claimed issuer need not be
@@ -100,7 +103,7 @@ class TokenVerifier:
         if digest is None:
             digest = jwt_cache_key(token)
         if digest is not None:
-            known = self._jwt.cached(token, allowed, check_lifetime=check_lifetime, digest=digest)
+            known = self._jwt.cached(digest, allowed, check_lifetime=check_lifetime)
             if known is not None:
                 return known
         # Any token met for the first time must be a b64token (RFC 6750 §2.1); one that was
