@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
@@ -87,7 +88,7 @@ class Exchange:
     # A JWT's SHA-256, the verified-token cache's key: made once, for the log's token_fp too.
     token_digest: bytes | None = None
     upstream_seconds: float | None = None
-    identity_headers: list[tuple[str, str]] = field(default_factory=list)  # for the upstream
+    identity_headers: Sequence[tuple[str, str]] = ()  # for the upstream
 
 
 class Gateway:

@@ -21,7 +21,7 @@ from multidict import CIMultiDict
 from gateway.pipeline import errors
 
 from .client import Deadline, UpstreamBusy, UpstreamPool
-from .headers import copy_response_headers, end_to_end_lines, http_date
+from .headers import copy_response_headers, http_date, response_head_lines
 from .http1 import Http1Connection, UpstreamError
 
 CHUNK = 64 * 1024
@@ -43,9 +43,15 @@ class _SentResponse(web.StreamResponse):
     """An answer already written whole by :func:`_send_whole`: for aiohttp it is done
     (``prepare()`` and ``write_eof()`` do nothing once the end was sent)."""
 
+    _eof_sent = True
+
     def __init__(self, status: int, *, keep_alive: bool) -> None:
-        super().__init__(status=status)
-        self._eof_sent = True
+        # What StreamResponse.__init__ sets, without its checks (the status came through
+        # llhttp) and its reason phrase (the answer is sent: nothing reads it): one per answer.
+        self._state = {}
+        self._headers = CIMultiDict()
+        self._status = status
+        self._reason = ""
         self._keep_alive = keep_alive  # what aiohttp's server asks before reading on
 
 
@@ -168,6 +174,10 @@ async def forward(
 
 
 _EMPTY_STATUSES = frozenset({204, 304, *range(100, 200)})  # never a body (RFC 9110 §6.4.1)
+# Upstream header lines _send_whole writes its own of: the request id always, and the length
+# of a body it frames.
+_RENAMED = frozenset({b"x-request-id"})
+_REFRAMED = _RENAMED | {b"content-length"}
 _SERVER = SERVER_SOFTWARE.encode()
 
 
@@ -196,13 +206,8 @@ def _send_whole(
     empty = status in _EMPTY_STATUSES or method == "HEAD"
     # A HEAD answer keeps the length the upstream gave; any other body is framed here.
     own_length = not (method == "HEAD" and status not in _EMPTY_STATUSES)
-    head = [b"HTTP/1.1 %d %b\r\n" % (status, reason)]
-    present = set()
-    for name, lower, value in end_to_end_lines(lines):
-        if lower == b"x-request-id" or (own_length and lower == b"content-length"):
-            continue
-        present.add(lower)
-        head += (name, b": ", value, b"\r\n")
+    lines_out, present = response_head_lines(lines, _REFRAMED if own_length else _RENAMED)
+    head = [b"HTTP/1.1 %d %b\r\n" % (status, reason), *lines_out]
     head += (b"X-Request-Id: ", request_id.encode("ascii"), b"\r\n")
     if not empty:
         head.append(b"Content-Length: %d\r\n" % len(body))

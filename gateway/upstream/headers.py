@@ -144,6 +144,48 @@ def end_to_end_lines(lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
     return kept
 
 
+# `Connection` values that name no header beyond the hop-by-hop ones (nearly every answer's).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+
+def response_head_lines(
+    lines: list[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> tuple[list[bytes], set[bytes]]:
+    """The lines ``end_to_end_lines`` keeps, less those whose lower-case name is in ``drop``,
+    as the pieces of a response head (name, ``": "``, value, CRLF each), and the lower-case
+    names among them. The same lines as ``end_to_end_lines`` but in one pass, as the whole-answer
+    path needs them: the second pass is made only when ``Connection`` names another header."""
+    skip = _skipped(drop)
+    pieces: list[bytes] = []
+    names: set[bytes] = set()
+    for name, value in lines:
+        lower = name.lower()
+        if lower in skip:
+            if lower == b"connection" and value.strip().lower() not in _PLAIN_CONNECTION:
+                return _response_head_lines(lines, drop)
+            continue
+        names.add(lower)
+        pieces += (name, b": ", value, b"\r\n")
+    return pieces, names
+
+
+def _response_head_lines(
+    lines: list[tuple[bytes, bytes]], drop: frozenset[bytes]
+) -> tuple[list[bytes], set[bytes]]:
+    pieces: list[bytes] = []
+    names: set[bytes] = set()
+    for name, lower, value in end_to_end_lines(lines):
+        if lower not in drop:
+            names.add(lower)
+            pieces += (name, b": ", value, b"\r\n")
+    return pieces, names
+
+
+@lru_cache(maxsize=8)
+def _skipped(drop: frozenset[bytes]) -> frozenset[bytes]:
+    return _HOP_BY_HOP_BYTES | drop
+
+
 def copy_response_headers(lines: list[tuple[bytes, bytes]], into: CIMultiDict[str]) -> None:
     """Add the upstream's end-to-end response header lines to ``into``."""
     add = into.add

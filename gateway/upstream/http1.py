@@ -250,7 +250,11 @@ class Http1Connection(asyncio.Protocol):
         self._count_head(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value))
+        # _count_head inlined: this runs for every header line of every answer.
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._fail("the upstream's answer head is too large")
+            raise _Stop
         if not self._in_trailers:
             self._headers.append((name, value))
 

@@ -26,11 +26,12 @@ _HANDSHAKE = frozenset(
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    connection = request.headers.get("Connection", "").lower()
+    headers = request.headers
     return (
-        request.method == "GET"
-        and request.headers.get("Upgrade", "").lower() == "websocket"
-        and "upgrade" in connection
+        "Upgrade" in headers  # first: most requests have none, and this is one look-up
+        and request.method == "GET"
+        and headers.get("Upgrade", "").lower() == "websocket"
+        and "upgrade" in headers.get("Connection", "").lower()
     )
 
 
