@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.upstream.headers import RESERVED_REQUEST_HEADERS
+
 # The sign is accepted here only so that "-5s" is reported as negative rather than as unreadable.
 _DURATION = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -71,6 +73,17 @@ def _header_name(value: str) -> str:
     return value
 
 
+def _identity_header_name(value: str) -> str:
+    _header_name(value)
+    # Compared as the stripper compares them: CGI and WSGI read `_` as `-`.
+    if value.lower().replace("_", "-") in RESERVED_REQUEST_HEADERS:
+        raise ValueError(
+            f"{value!r} cannot be an identity header: the gateway sets, removes or frames the "
+            "request with it, and a token's claim must not"
+        )
+    return value
+
+
 def _method(value: str) -> str:
     upper = value.upper()
     if not _METHOD.match(upper):
@@ -110,6 +123,7 @@ def _one_or_many(value: Any) -> Any:
 
 
 HeaderName = Annotated[str, AfterValidator(_header_name)]
+IdentityHeaderName = Annotated[str, AfterValidator(_identity_header_name)]
 Method = Annotated[str, AfterValidator(_method)]
 ClaimPath = Annotated[str, AfterValidator(_claim_path)]
 ListenAddress = Annotated[str, AfterValidator(_listen_address)]
@@ -265,7 +279,7 @@ DEFAULT_IDENTITY_HEADERS: dict[str, str] = {
 
 
 class Identity(Model):
-    headers: dict[HeaderName, ClaimPath] = Field(
+    headers: dict[IdentityHeaderName, ClaimPath] = Field(
         default_factory=lambda: dict(DEFAULT_IDENTITY_HEADERS)
     )
     strip_prefixes: tuple[HeaderName, ...] = ("X-Auth-",)
@@ -273,7 +287,7 @@ class Identity(Model):
 
 
 class RouteIdentity(Model):
-    headers: dict[HeaderName, ClaimPath]
+    headers: dict[IdentityHeaderName, ClaimPath]
 
 
 class Match(Model):

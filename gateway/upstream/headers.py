@@ -50,6 +50,18 @@ PEER_DESCRIPTIONS = frozenset(
     }
 )
 
+# Request headers no identity header may be: those the gateway itself writes, removes or
+# frames the request with on its way upstream. A claim there would let whoever controls the
+# claim reframe the request (Content-Length, Transfer-Encoding: request smuggling), re-route it
+# (Host, X-Original-URL), change its method, or speak for another client (X-Forwarded-For).
+RESERVED_REQUEST_HEADERS = (
+    HOP_BY_HOP
+    | PATH_OVERRIDES
+    | METHOD_OVERRIDES
+    | PEER_DESCRIPTIONS
+    | {"host", "content-length", "expect", "authorization", "x-request-id"}
+)
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 

@@ -383,3 +383,36 @@ def test_the_process_environment_is_used_by_default(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("GATEWAY_TEST_UPSTREAM", "http://from-env:8000")
     text = MINIMAL.replace("http://orders.internal:8000", "${GATEWAY_TEST_UPSTREAM}")
     assert load_config_text(text).config.upstreams["orders"].url == "http://from-env:8000"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Content-Length",
+        "Transfer-Encoding",
+        "transfer_encoding",
+        "Host",
+        "Connection",
+        "Expect",
+        "Authorization",
+        "X-Forwarded-For",
+        "X-Request-Id",
+        "X-HTTP-Method-Override",
+        "X-Original-URL",
+    ],
+)
+def test_a_header_that_frames_or_routes_the_request_cannot_carry_a_claim(name: str) -> None:
+    # A token's claim there would reframe (request smuggling), re-route or re-address the
+    # request the upstream reads.
+    problems = errors(f"identity:\n  headers:\n    {name}: sub\n" + MINIMAL)
+    assert problems == [
+        f"line 3: error: identity.headers.{name}: {name!r} cannot be an identity header: the "
+        "gateway sets, removes or frames the request with it, and a token's claim must not"
+    ]
+
+
+def test_an_ordinary_header_carries_a_claim() -> None:
+    loaded = load(
+        "identity:\n  headers:\n    X-Tenant: tenant\n    Content-Type-Hint: sub\n" + MINIMAL
+    )
+    assert loaded.config.identity.headers == {"X-Tenant": "tenant", "Content-Type-Hint": "sub"}
