@@ -79,6 +79,7 @@ async def forward(
     headers: Sequence[tuple[str, str]],
     max_body_bytes: int,
     request_id: str,
+    identity_lines: str = "",
     host: str | None = None,
     body: bytes | None = None,
     decorate: Callable[[CIMultiDict[str]], None] | None = None,
@@ -86,7 +87,8 @@ async def forward(
     """Send the request to ``target`` (path and query) and stream the answer to the client.
 
     ``headers`` go upstream in their order after the ``Host`` line (``host``, else the
-    upstream's own), with the framing the body needs. ``body`` is given when the request body
+    upstream's own), then ``identity_lines`` (header lines made and checked already, each
+    ending in CRLF), then the framing the body needs. ``body`` is given when the request body
     was already read (a form searched for a second token); otherwise the body streams from the
     client, counted against ``max_body_bytes``. The answer gets ``X-Request-Id``, and whatever
     else ``decorate`` adds to its headers before it is sent (CORS).
@@ -103,7 +105,9 @@ async def forward(
         if not pool.take_free_slot():
             await pool.take_slot()
         slot = True
-        head = _request_head(request, target, headers, host or pool.host, body, streamed)
+        head = _request_head(
+            request, target, headers, identity_lines, host or pool.host, body, streamed
+        )
         connection = deadline.watch(pool.reuse() or await pool.connect())
         if streamed:
             connection.begin(head, no_body=request.method == "HEAD")
@@ -234,6 +238,7 @@ def _request_head(
     request: web.BaseRequest,
     target: str,
     headers: Sequence[tuple[str, str]],
+    identity_lines: str,
     host: str,
     body: bytes | None,
     streamed: bool,
@@ -256,7 +261,7 @@ def _request_head(
     if "\n" in parts or "\r" in parts or "\0" in parts:
         raise UpstreamError("refusing to send a request head with a line break in a value")
     fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
-    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{fields}{framing}\r\n"
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{fields}{identity_lines}{framing}\r\n"
     return head.encode("utf-8", "surrogateescape")
 
 
