@@ -68,7 +68,9 @@ def _claim(identity: Identity, path: str) -> Any:
 
 def _header_value(value: Any) -> str | None:
     text: str | None
-    if isinstance(value, list):
+    if isinstance(value, str):
+        text = value  # the common claim: no other test
+    elif isinstance(value, list):
         parts = [_scalar_text(item) for item in value]
         if any(part is None for part in parts):
             return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from gateway.pipeline.decision import Denial, VerifiedToken
 from gateway.pipeline.extract import is_b64token
 from gateway.pipeline.verify.fetch import FetchError
 from gateway.pipeline.verify.jwks import KeyStore
-from gateway.pipeline.verify.jwt import JwtVerifier, issuer_keys
+from gateway.pipeline.verify.jwt import JwtVerifier, _b64decode, issuer_keys
 from gateway.pipeline.verify.tokens import b64token_is_compact_jws, is_compact_jws
 from tests.support import AUDIENCE, ISSUER, TokenIssuer, b64json, b64url
 
@@ -686,3 +687,29 @@ async def test_a_token_whose_kid_is_shared_by_keys_of_two_types_is_checked_with_
     claims = {"iss": "https://shared.test", "sub": "a", "exp": 4102444800}
     token = jose_jwt.encode({"alg": "ES256", "kid": "shared"}, claims, ec)
     assert isinstance(await verifier.verify(token), VerifiedToken)
+
+
+async def test_a_header_member_of_the_wrong_type_is_refused_every_time_it_is_sent() -> None:
+    # joserfc's registry check of the header is remembered per header: a refusal too. The same
+    # header on a second token is refused again, and a good header still passes beside it.
+    verifier = await make_verifier()
+    bad = [token(header={"x5u": 5}, jti=str(n)) for n in range(2)]
+    for candidate in bad:
+        result = await verifier.verify(candidate)
+        assert isinstance(result, Denial) and result.reason == "invalid_signature"
+    assert isinstance(await verifier.verify(token()), VerifiedToken)
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + "-_", max_size=80))
+def test_segments_decode_as_the_standard_library_decodes_them(segment: str) -> None:
+    try:
+        expected: bytes | type[Exception] = base64.urlsafe_b64decode(
+            segment + "=" * (-len(segment) % 4)
+        )
+    except binascii.Error:
+        expected = binascii.Error
+    try:
+        decoded: bytes | type[Exception] = _b64decode(segment)
+    except binascii.Error:
+        decoded = binascii.Error
+    assert decoded == expected

@@ -50,6 +50,8 @@ def audiences(claims: Mapping[str, Any]) -> tuple[str, ...] | None:
 
 def claim_at(claims: Mapping[str, Any], path: str) -> Any:
     """The value at a dotted claim path (``realm_access.roles``), or None when absent."""
+    if "." not in path:
+        return claims.get(path)  # a top-level claim: most paths
     value: Any = claims
     for part in path.split("."):
         # A JSON object is a dict: the abstract Mapping check (slow) is for anything else.

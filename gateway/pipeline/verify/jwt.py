@@ -7,7 +7,6 @@ decided after the signature checks out against that issuer's own keys. The resul
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import json
@@ -126,8 +125,13 @@ def _header(segment: str) -> dict[str, Any] | None:
 
 
 def _b64decode(segment: str) -> bytes:
-    """A base64url segment already matched by ``_SEGMENT`` (or empty)."""
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    """A base64url segment already matched by ``_SEGMENT`` (or empty): what
+    ``base64.urlsafe_b64decode`` does, without its three Python functions around binascii."""
+    padded = (segment + "=" * (-len(segment) % 4)).encode("ascii")
+    return binascii.a2b_base64(padded.translate(_FROM_URLSAFE), strict_mode=False)
+
+
+_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
 def _no_constants(name: str) -> Any:
@@ -239,6 +243,9 @@ class JwtVerifier:
         self._clock = clock
         self._metrics = metrics
         self._verified = _VerifiedCache(cache_size, clock)
+        # Whether a header segment passes a registry's checks (registries are kept alive by
+        # their keys here, so an id is never reused for another one).
+        self._checked_headers: dict[tuple[JWSRegistry, str], bool] = {}
         self._hits = metrics.token_cache.labels("jwt", "hit") if metrics else None
         self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
 
@@ -350,10 +357,16 @@ class JwtVerifier:
             return keys
         signing_input, _, signature = token.rpartition(".")
         try:
-            signed = Signed(signing_input.encode("ascii"), _b64decode(signature), header)
+            raw_signature = _b64decode(signature)
         except binascii.Error:  # base64url characters, but a length no encoding has
             return Denial("invalid_signature", "the token's signature is invalid")
-        signer = next((key for key in keys if self._signature_ok(issuer, signed, key, alg)), None)
+        if not self._header_ok(issuer.registry, signing_input.partition(".")[0], header):
+            return Denial("invalid_signature", "the token's signature is invalid")
+        signed = signing_input.encode("ascii")  # what the signature covers, for every key tried
+        signer = next(
+            (key for key in keys if self._signature_ok(issuer, signed, raw_signature, key, alg)),
+            None,
+        )
         if signer is None:
             return Denial("invalid_signature", "the token's signature is invalid")
         if issuer.token_type is not None:
@@ -399,17 +412,37 @@ class JwtVerifier:
             candidates = store.keys.candidates(alg)
         return candidates or _no_key(store)
 
-    def _signature_ok(self, issuer: IssuerKeys, signed: Signed, key: SigningKey, alg: str) -> bool:
-        """What joserfc's ``deserialize_compact`` checks, without parsing the token again: the
-        header's registered members, the algorithm (allowed by the issuer's registry), the key
-        (of the algorithm's type, allowed to verify), and the signature."""
+    def _header_ok(self, registry: JWSRegistry, segment: str, header: dict[str, Any]) -> bool:
+        """Whether the header's registered members pass the issuer's registry (joserfc's
+        ``check_header``), judged once per registry and header segment: an issuer's tokens
+        share a few headers, and the check walks every registered member (a fifth of the
+        Python a new token costs)."""
+        key = (registry, segment)
+        known = self._checked_headers.get(key)
+        if known is None:
+            try:
+                registry.check_header(header)
+                known = True
+            except (JoseError, ValueError, TypeError):
+                known = False
+            if len(self._checked_headers) >= HEADERS_REMEMBERED:
+                self._checked_headers.clear()
+            self._checked_headers[key] = known
+        return known
+
+    def _signature_ok(
+        self, issuer: IssuerKeys, signed: bytes, signature: bytes, key: SigningKey, alg: str
+    ) -> bool:
+        """What joserfc's ``deserialize_compact`` checks, without parsing the token again
+        (its header checked by :meth:`_header_ok` first): the algorithm (allowed by the
+        issuer's registry), the key (of the algorithm's type, allowed to verify), and the
+        signature."""
         registry = issuer.registry
         try:
-            registry.check_header(signed.header)
-            registry.validate_signature_size(signed.signature)
+            registry.validate_signature_size(signature)
             algorithm = registry.get_alg(alg)
             algorithm.check_key(key.key)
-            return bool(algorithm.verify(signed.signing_input, signed.signature, key.key))
+            return bool(algorithm.verify(signed, signature, key.key))
         except (JoseError, ValueError, TypeError):
             return False
 
@@ -417,15 +450,6 @@ class JwtVerifier:
         """Why the token is outside its validity window (with the issuer's leeway), or None."""
         leeway = self._issuers[issuer_name].leeway
         return lifetime_denial(payload, leeway=leeway, now=self._clock(), require_exp=True)
-
-
-@dataclass(frozen=True, slots=True)
-class Signed:
-    """The parts of a compact JWS a signature check needs, decoded once for every key tried."""
-
-    signing_input: bytes  # ASCII header "." payload, as sent
-    signature: bytes
-    header: dict[str, Any]
 
 
 def _no_key(store: KeySource) -> Denial:
