@@ -40,10 +40,7 @@ from gateway.pipeline.verify.tokens import jwt_cache_key
 from gateway.upstream.client import UpstreamClients
 from gateway.upstream.forward import forward
 from gateway.upstream.headers import (
-    HOP_BY_HOP,
-    METHOD_OVERRIDES,
-    PATH_OVERRIDES,
-    PEER_DESCRIPTIONS,
+    NEVER_FORWARDED,
     connection_tokens,
     forwarded_headers,
     is_trusted_peer,
@@ -55,14 +52,7 @@ log = get_logger("gateway")
 
 # Request headers never sent upstream, compared like identity headers, with "_" equal to "-": a
 # CGI or WSGI backend reads X_Original_URL and X_Forwarded_For as the headers removed here.
-_NEVER_FORWARDED = frozenset(
-    header_key(name)
-    for name in HOP_BY_HOP
-    | PATH_OVERRIDES
-    | METHOD_OVERRIDES
-    | PEER_DESCRIPTIONS
-    | {"host", "x-request-id", "expect"}
-)
+_NEVER_FORWARDED = frozenset(header_key(name) for name in NEVER_FORWARDED)
 
 
 # How many request header names a gateway remembers the forwarding verdict of (exactly as

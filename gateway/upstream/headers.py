@@ -50,17 +50,21 @@ PEER_DESCRIPTIONS = frozenset(
     }
 )
 
-# Request headers no identity header may be: those the gateway itself writes, removes or
-# frames the request with on its way upstream. A claim there would let whoever controls the
-# claim reframe the request (Content-Length, Transfer-Encoding: request smuggling), re-route it
-# (Host, X-Original-URL), change its method, or speak for another client (X-Forwarded-For).
-RESERVED_REQUEST_HEADERS = (
+# Request headers never sent upstream as the client sent them (the gateway drops them, or
+# writes its own: Host, X-Request-Id, the X-Forwarded-* set).
+NEVER_FORWARDED = (
     HOP_BY_HOP
     | PATH_OVERRIDES
     | METHOD_OVERRIDES
     | PEER_DESCRIPTIONS
-    | {"host", "content-length", "expect", "authorization", "x-request-id"}
+    | {"host", "x-request-id", "expect"}
 )
+
+# Request headers no identity header may be: those the gateway itself writes, removes or
+# frames the request with on its way upstream. A claim there would let whoever controls the
+# claim reframe the request (Content-Length, Transfer-Encoding: request smuggling), re-route it
+# (Host, X-Original-URL), change its method, or speak for another client (X-Forwarded-For).
+RESERVED_REQUEST_HEADERS = NEVER_FORWARDED | {"content-length", "authorization"}
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
@@ -174,22 +178,13 @@ def response_head_lines(
         lower = name.lower()
         if lower in skip:
             if lower == b"connection" and value.strip().lower() not in _PLAIN_CONNECTION:
-                return _response_head_lines(lines, drop)
+                # It names other headers: those go first, then the rest as usual (no
+                # Connection header is left to name any).
+                kept = [(name, value) for name, _, value in end_to_end_lines(lines)]
+                return response_head_lines(kept, drop)
             continue
         names.add(lower)
         pieces += (name, b": ", value, b"\r\n")
-    return pieces, names
-
-
-def _response_head_lines(
-    lines: list[tuple[bytes, bytes]], drop: frozenset[bytes]
-) -> tuple[list[bytes], set[bytes]]:
-    pieces: list[bytes] = []
-    names: set[bytes] = set()
-    for name, lower, value in end_to_end_lines(lines):
-        if lower not in drop:
-            names.add(lower)
-            pieces += (name, b": ", value, b"\r\n")
     return pieces, names
 
 
