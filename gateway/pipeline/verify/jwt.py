@@ -305,6 +305,18 @@ class JwtVerifier:
         digest = digest or token_digest(token)
         if (known := self.cached(digest, allowed, check_lifetime=check_lifetime)) is not None:
             return known
+        return await self.verify_new(token, digest, allowed, check_lifetime=check_lifetime)
+
+    async def verify_new(
+        self,
+        token: str,
+        digest: bytes,
+        allowed: Collection[str] | None = None,
+        *,
+        check_lifetime: bool = True,
+    ) -> VerifiedToken | Denial:
+        """:meth:`verify` for a token just looked for with :meth:`cached` and not found there
+        (a miss, counted here): parsed and checked, and remembered if it checks out."""
         if self._misses is not None:
             assert self._metrics is not None
             self._metrics.tally.inc(self._misses)

@@ -119,9 +119,9 @@ class TokenVerifier:
                 same = [p for p in candidates if p.issuer == iss]
                 if same and all(p.introspect_jwts and p.introspector for p in same):
                     return await self._introspect(token, same, check_lifetime)
-            return await self._jwt.verify(
-                token, allowed, check_lifetime=check_lifetime, digest=digest
-            )
+            # A compact JWS has dots: it was looked for in the cache above, and is not there.
+            assert digest is not None
+            return await self._jwt.verify_new(token, digest, allowed, check_lifetime=check_lifetime)
         introspecting = [p for p in self._candidates(allowed) if p.introspector is not None]
         if not introspecting:
             return malformed("the token is not a JWT, and no issuer here introspects tokens")
