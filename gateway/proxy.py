@@ -232,7 +232,7 @@ class Gateway:
             # A JWT met before is answered without a coroutine; any other is verified.
             verified = None if digest is None else self.verifier.cached(digest, requirement.issuers)
             if verified is None:
-                verified = await self.verifier.verify(token, requirement.issuers, digest=digest)
+                verified = await self.verifier.verify_new(token, digest, requirement.issuers)
             result = (
                 verified
                 if isinstance(verified, Denial)
@@ -278,9 +278,11 @@ class Gateway:
             requirement = route.requirement
             assert requirement is not None
             caller = Identity(verified.issuer, verified.claims, verified.scopes)
-            decision = self.authorizer.authorize(requirement, verified)
+            decision: Identity | Denial | None = next(
+                self.authorizer.denials(requirement, verified), None
+            )
             headers: list[tuple[str, str]] = []
-            if isinstance(decision, Identity):
+            if decision is None:
                 decision = caller
                 headers = identity_headers(caller, route.identity_headers)
             # Made once a token and route: names are checked tokens (config), values hold no

@@ -14,7 +14,8 @@ async def test_an_unexpected_error_is_a_json_500_counted_as_500(
     async def broken(*args: object, **kwargs: object) -> VerifiedToken | Denial:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(stack.gateway.server.gateway.verifier, "verify", broken)
+    # What the gateway awaits for a token it has not verified before.
+    monkeypatch.setattr(stack.gateway.server.gateway.verifier, "verify_new", broken)
     token = stack.issuer.token()
     async with stack.http.get(
         f"{stack.url}/orders/1", headers={"Authorization": f"Bearer {token}"}
@@ -33,13 +34,13 @@ async def test_the_gateway_keeps_serving_after_an_unexpected_error(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     verifier = stack.gateway.server.gateway.verifier
-    original = verifier.verify
+    original = verifier.verify_new
 
     async def broken_once(*args: object, **kwargs: object) -> VerifiedToken | Denial:
-        monkeypatch.setattr(verifier, "verify", original)
+        monkeypatch.setattr(verifier, "verify_new", original)
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(verifier, "verify", broken_once)
+    monkeypatch.setattr(verifier, "verify_new", broken_once)
     headers = {"Authorization": f"Bearer {stack.issuer.token()}"}
     async with stack.http.get(f"{stack.url}/orders/1", headers=headers) as response:
         assert response.status == 500

@@ -634,6 +634,23 @@ def test_any_json_header_and_payload_with_a_random_signature_is_refused_without_
 GOOD = {alg: token(alg, exp=NOW + 10**6) for alg in ("RS256", "PS256", "ES256", "EdDSA")}
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    alg=st.sampled_from(sorted(GOOD)),
+    stray=st.characters(blacklist_characters=string.ascii_letters + string.digits + "-_."),
+    where=st.floats(0, 1),
+)
+def test_a_good_token_with_any_character_outside_base64url_put_in_is_malformed(
+    alg: str, stray: str, where: float
+) -> None:
+    # Base64 decoding that skips what it does not know would read the same bytes: the
+    # character must be refused, wherever it is.
+    good = GOOD[alg]
+    at = round(where * len(good))
+    result = run_verify(good[:at] + stray + good[at:])
+    assert isinstance(result, Denial) and result.reason == "malformed_token"
+
+
 @settings(max_examples=200, deadline=None)
 @given(alg=st.sampled_from(sorted(GOOD)), signature=st.binary(min_size=1, max_size=600))
 def test_a_good_token_with_any_other_signature_is_an_invalid_signature(

@@ -103,7 +103,9 @@ async def test_a_token_that_is_not_three_base64url_segments_is_introspected(
     assert first.tokens_asked() == [token]
 
 
-@pytest.mark.parametrize("token", ["a b", "tok\u00e9n", "ab=c", "a.b.c\n"], ids=repr)
+@pytest.mark.parametrize(
+    "token", ["a b", "tok\u00e9n", "ab=c", "a.b.c\n", "a.b c.d", "a.b.\u00e9", "a.b.c!"], ids=repr
+)
 async def test_a_token_outside_the_b64token_alphabet_is_malformed_and_never_introspected(
     tmp_path: Path, first: AuthorizationServer, token: str
 ) -> None:
@@ -111,6 +113,18 @@ async def test_a_token_outside_the_b64token_alphabet_is_malformed_and_never_intr
     async with verifier_for(tmp_path, introspecting("first", first)) as verifier:
         assert reason(await verifier.verify(token)) == "malformed_token"
     assert first.tokens_asked() == []
+
+
+@pytest.mark.parametrize("stray", [" ", "!", "\u00e9", "\x00", "\n"], ids=repr)
+async def test_a_signed_jwt_with_a_character_outside_base64url_put_in_is_malformed(
+    tmp_path: Path, keys: TokenIssuer, stray: str
+) -> None:
+    issuers = f"  jwt:\n    issuer: {keys.issuer}\n    jwks_file: keys.json\n"
+    header, payload, signature = keys.token().split(".")
+    half = len(signature) // 2
+    token = f"{header}.{payload}.{signature[:half]}{stray}{signature[half:]}"
+    async with verifier_for(tmp_path, issuers) as verifier:
+        assert reason(await verifier.verify(token)) == "malformed_token"
 
 
 async def test_an_opaque_token_is_malformed_where_no_issuer_introspects(

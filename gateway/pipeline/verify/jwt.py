@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import string
 import time
 import warnings
 from collections import OrderedDict
@@ -21,12 +22,13 @@ from functools import lru_cache
 from typing import Any
 
 from joserfc.errors import JoseError, SecurityWarning
+from joserfc.jwa import JWSAlgModel
 from joserfc.jws import JWSRegistry
 
 from gateway.observe.metrics import Metrics
 
 from ..decision import Denial, VerifiedToken
-from .claims import claim_type_denial, is_number, lifetime_denial, malformed, parse_scopes
+from .claims import claim_type_denial, lifetime_denial, malformed, parse_scopes
 from .jwks import KeySet, KeySource, SigningKey
 
 # joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
@@ -40,8 +42,12 @@ warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=Securi
 VERIFIED_CACHE_SIZE = 10_000
 # Decoded token headers remembered (an issuer's tokens share a few).
 HEADERS_REMEMBERED = 256
+# Judgements of a key for an algorithm remembered (a JWKS holds a few keys).
+KEY_ALGORITHMS_REMEMBERED = 1024
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+# What a compact JWS is made of: base64url segments and the two dots between them.
+_COMPACT_CHARS = (string.ascii_letters + string.digits + "-_.").encode("ascii")
 # Headers we understand. `crit` naming anything is refused: we implement no extension (RFC 7515
 # §4.1.11), and `b64: false` (RFC 7797) would change what the signature covers.
 _KNOWN_CRIT: frozenset[str] = frozenset()
@@ -106,6 +112,11 @@ def _decode_segment(segment: str) -> dict[str, Any] | None:
     refused (RFC 7515 §5.2) so that no two parsers can read different values."""
     if not _SEGMENT.fullmatch(segment):
         return None
+    return _decode_json(segment)
+
+
+def _decode_json(segment: str) -> dict[str, Any] | None:
+    """``_decode_segment`` for a segment already known to hold only base64url characters."""
     try:
         # UTF-8 only (RFC 7519 §7.2), so a byte order mark or UTF-16 is refused, not guessed.
         value = _JSON.decode(_b64decode(segment).decode("utf-8"))
@@ -117,15 +128,17 @@ def _decode_segment(segment: str) -> dict[str, Any] | None:
 
 
 @lru_cache(maxsize=HEADERS_REMEMBERED)
-def _header(segment: str) -> dict[str, Any] | None:
-    """``_decode_segment`` for a header segment, remembered: an issuer's tokens share a few
-    headers (``alg``, ``kid``, ``typ``), so each is parsed once, not once a token. The dict is
-    shared, and never changed."""
-    return _decode_segment(segment)
+def _header(segment: str) -> tuple[dict[str, Any] | None, Denial | None]:
+    """A header segment decoded (``_decode_segment``) and what is wrong with it
+    (``_check_header``), remembered: an issuer's tokens share a few headers (``alg``, ``kid``,
+    ``typ``), so each is parsed and checked once, not once a token. The dict is shared, and
+    never changed."""
+    header = _decode_segment(segment)
+    return header, None if header is None else _check_header(header)
 
 
 def _b64decode(segment: str) -> bytes:
-    """A base64url segment already matched by ``_SEGMENT`` (or empty): what
+    """A segment of base64url characters only (or empty): what
     ``base64.urlsafe_b64decode`` does, without its three Python functions around binascii."""
     padded = (segment + "=" * (-len(segment) % 4)).encode("ascii")
     return binascii.a2b_base64(padded.translate(_FROM_URLSAFE), strict_mode=False)
@@ -165,9 +178,10 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: its __init__ would call object.__setattr__ a field
 class _Verified:
-    """A token whose signature checked out, and the key that checked it."""
+    """A token whose signature checked out, and the key that checked it (never changed: a
+    new entry replaces it)."""
 
     token: VerifiedToken
     key: SigningKey
@@ -246,6 +260,12 @@ class JwtVerifier:
         # Whether a header segment passes a registry's checks (registries are kept alive by
         # their keys here, so an id is never reused for another one).
         self._checked_headers: dict[tuple[JWSRegistry, str], bool] = {}
+        # The algorithm a key verifies with for a registry and `alg`, or None where the
+        # registry or the key refuses it, by the ids of the registry and the key, each held in
+        # the entry (so that neither id is reused for another object while it is here).
+        self._key_algorithms: dict[
+            tuple[int, str, int], tuple[JWSRegistry, SigningKey, JWSAlgModel | None]
+        ] = {}
         self._hits = metrics.token_cache.labels("jwt", "hit") if metrics else None
         self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
 
@@ -320,14 +340,18 @@ class JwtVerifier:
         if self._misses is not None:
             assert self._metrics is not None
             self._metrics.tally.inc(self._misses)
+        # Base64url characters and dots, nothing else (one pass over the token, so its
+        # segments need no pattern of their own).
+        if not token.isascii() or token.encode("ascii").translate(None, _COMPACT_CHARS):
+            return malformed()
         parts = token.split(".")
-        if len(parts) != 3 or (parts[2] and not _SEGMENT.fullmatch(parts[2])):
+        if len(parts) != 3:
             # Five segments would be JWE; JSON serialisation has no dots at all: neither is
             # accepted (SPEC: compact JWS only). An empty signature is let through to be
             # refused by its `alg` (`none`: disallowed_alg) or by the signature check.
             return malformed()
-        header = _header(parts[0])
-        payload = _decode_segment(parts[1])
+        header, header_problem = _header(parts[0])
+        payload = _decode_json(parts[1])
         if header is None or payload is None:
             return malformed()
         iss = payload.get("iss")
@@ -336,8 +360,8 @@ class JwtVerifier:
         candidates = [k for k in self._by_iss.get(iss, ()) if allowed is None or k.name in allowed]
         if not candidates:
             return Denial("wrong_issuer", "the token's issuer is not accepted here")
-        if (problem := _check_header(header)) is not None:
-            return problem
+        if header_problem is not None:
+            return header_problem
         if (problem := claim_type_denial(payload)) is not None:
             return problem
         last: Denial | None = None
@@ -345,7 +369,13 @@ class JwtVerifier:
             result = await self._verify_with(issuer, token, header, payload)
             if isinstance(result, _Verified):
                 self._verified[digest] = result
-                if check_lifetime and (problem := self.lifetime_denial(issuer.name, payload)):
+                # Within [valid_from, expires) the lifetime is surely good, as in `cached`;
+                # anywhere else lifetime_denial says whether it is, and why not.
+                if (
+                    check_lifetime
+                    and not result.valid_from <= self._clock() < result.expires
+                    and (problem := self.lifetime_denial(issuer.name, payload))
+                ):
                     return problem
                 return result.token
             last = result
@@ -391,11 +421,12 @@ class JwtVerifier:
             claims=payload,
             scopes=parse_scopes(payload, issuer.scope_claim),
         )
+        # `exp`, `nbf` and `iat` are numbers where present (claim_type_denial, first).
         expires, valid_from = math.inf, math.inf
         exp: Any = payload.get("exp")
-        if is_number(exp):
+        if exp is not None:
             expires = exp + issuer.leeway
-            starts = [payload[name] for name in ("nbf", "iat") if is_number(payload.get(name))]
+            starts = [t for t in (payload.get("nbf"), payload.get("iat")) if t is not None]
             valid_from = max(starts, default=-math.inf) - issuer.leeway
         return _Verified(verified, signer, issuer.keys.keys, expires, valid_from)
 
@@ -450,13 +481,35 @@ class JwtVerifier:
         issuer's registry), the key (of the algorithm's type, allowed to verify), and the
         signature."""
         registry = issuer.registry
+        algorithm = self._key_algorithm(registry, key, alg)
+        if algorithm is None:
+            return False
         try:
             registry.validate_signature_size(signature)
-            algorithm = registry.get_alg(alg)
-            algorithm.check_key(key.key)
             return bool(algorithm.verify(signed, signature, key.key))
         except (JoseError, ValueError, TypeError):
             return False
+
+    def _key_algorithm(
+        self, registry: JWSRegistry, key: SigningKey, alg: str
+    ) -> JWSAlgModel | None:
+        """The registry's algorithm for ``alg`` if the registry allows it and ``key`` may be
+        used with it (joserfc's ``get_alg`` and ``check_key``: the key's type, ``use`` and
+        ``alg``), or None; judged once per registry, key and ``alg``, since neither changes."""
+        memo_key = (id(registry), alg, id(key))
+        memo = self._key_algorithms.get(memo_key)
+        if memo is not None and memo[0] is registry and memo[1] is key:
+            return memo[2]
+        algorithm: JWSAlgModel | None
+        try:
+            algorithm = registry.get_alg(alg)
+            algorithm.check_key(key.key)
+        except (JoseError, ValueError, TypeError):
+            algorithm = None
+        if len(self._key_algorithms) >= KEY_ALGORITHMS_REMEMBERED:
+            self._key_algorithms.clear()
+        self._key_algorithms[memo_key] = (registry, key, algorithm)
+        return algorithm
 
     def lifetime_denial(self, issuer_name: str, payload: Mapping[str, Any]) -> Denial | None:
         """Why the token is outside its validity window (with the issuer's leeway), or None."""

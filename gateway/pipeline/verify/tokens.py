@@ -106,22 +106,39 @@ class TokenVerifier:
             known = self._jwt.cached(digest, allowed, check_lifetime=check_lifetime)
             if known is not None:
                 return known
+        return await self.verify_new(token, digest, allowed, check_lifetime=check_lifetime)
+
+    async def verify_new(
+        self,
+        token: str,
+        digest: bytes | None,
+        allowed: Collection[str] | None = None,
+        *,
+        check_lifetime: bool = True,
+    ) -> VerifiedToken | Denial:
+        """:meth:`verify` for a token just looked for with :attr:`cached` (by ``digest``, its
+        ``jwt_cache_key``) and not found there."""
         # Any token met for the first time must be a b64token (RFC 6750 §2.1); one that was
         # verified before was one (the gateway's extraction leaves this check to here).
-        if not is_b64token(token):
-            return not_b64token()
         if b64token_is_compact_jws(token):
+            # Shaped like a JWT (two dots, none of `~+/=`), if it is a b64token at all:
+            # JwtVerifier.verify_new refuses anything but base64url characters and dots
+            # itself, as malformed, as is_b64token's refusal is.
             candidates = self._candidates(allowed) if self._introspects_jwts else []
             # The claimed issuer is read (the payload parsed) only when the route trusts an
             # issuer whose JWTs are introspected: otherwise the local check decides anyway.
             if any(p.introspect_jwts and p.introspector for p in candidates):
+                if not is_b64token(token):
+                    return not_b64token()
                 iss = unverified_issuer(token)
                 same = [p for p in candidates if p.issuer == iss]
                 if same and all(p.introspect_jwts and p.introspector for p in same):
                     return await self._introspect(token, same, check_lifetime)
-            # A compact JWS has dots: it was looked for in the cache above, and is not there.
+            # A JWT has dots: it has a digest, and it was looked for in the cache.
             assert digest is not None
             return await self._jwt.verify_new(token, digest, allowed, check_lifetime=check_lifetime)
+        if not is_b64token(token):
+            return not_b64token()
         introspecting = [p for p in self._candidates(allowed) if p.introspector is not None]
         if not introspecting:
             return malformed("the token is not a JWT, and no issuer here introspects tokens")
