@@ -193,6 +193,77 @@ async def test_the_short_way_and_aiohttps_server_give_the_same_answer_to_the_sam
     assert seen[0] == seen[1]
 
 
+def workers() -> list[asyncio.Task[object]]:
+    """The tasks serving the short way's connections (one a connection, while it lives)."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if getattr(task.get_coro(), "__qualname__", "") == "ClientConnection._work"
+    ]
+
+
+async def until_no_workers() -> list[asyncio.Task[object]]:
+    """The workers still there after up to IO_TIMEOUT (none, unless one is left behind)."""
+    async with asyncio.timeout(IO_TIMEOUT):
+        while workers():
+            await asyncio.sleep(0.01)
+    return workers()
+
+
+async def test_one_task_serves_every_request_of_a_keep_alive_connection(
+    echo: tuple[RunningGateway, Upstream],
+) -> None:
+    gateway, _ = echo
+    seen = set()
+    async with open_raw(gateway.url) as (reader, writer):
+        for n in range(3):
+            writer.write(request_head("GET", f"/open/{n}", "gw"))
+            await writer.drain()
+            assert (await read_response(reader)).status == 200
+            seen.update(workers())
+    assert len(seen) == 1
+
+
+async def test_a_connection_its_client_closes_while_idle_leaves_no_task_behind(
+    echo: tuple[RunningGateway, Upstream],
+) -> None:
+    gateway, _ = echo
+    async with open_raw(gateway.url) as (reader, writer):
+        writer.write(request_head("GET", "/open/a", "gw"))
+        await writer.drain()
+        assert (await read_response(reader)).status == 200
+        assert len(workers()) == 1  # waiting for the next request
+    assert await until_no_workers() == []
+
+
+async def test_a_connection_handed_over_after_a_request_leaves_no_task_behind(
+    echo: tuple[RunningGateway, Upstream],
+) -> None:
+    gateway, _ = echo
+    async with open_raw(gateway.url) as (reader, writer):
+        for piece in (request_head("GET", "/open/1", "gw"), post("/open/2", b"hello")):
+            writer.write(piece)
+            await writer.drain()
+            assert (await read_response(reader)).status == 200
+        assert gateway.server.direct_connections == 0  # aiohttp's now, and still open
+        assert await until_no_workers() == []
+
+
+async def test_an_idle_connection_at_shutdown_leaves_no_task_behind(tmp_path: Path) -> None:
+    async with echo_upstream() as upstream:
+        path = write_config(tmp_path, CONFIG, upstream=upstream.url)
+        async with running_gateway(path) as gateway:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.public_port)
+            writer.write(request_head("GET", "/open/a", "gw"))
+            await writer.drain()
+            assert (await read_response(reader)).status == 200
+        try:
+            assert await until_no_workers() == []
+            assert await reader.read() == b""  # closed by the gateway
+        finally:
+            writer.close()
+
+
 class _Transport(asyncio.Transport):
     """What a connection writes, and whether it has paused reading."""
 

@@ -169,8 +169,7 @@ class TokenVerifier:
         if allowed is None:
             return list(self._issuers.values())
         # A route's list is a tuple: tested first, as isinstance() of an ABC is slow.
-        ordered = isinstance(allowed, tuple) or isinstance(allowed, Sequence)
-        order = allowed if ordered else sorted(allowed)
+        order = allowed if isinstance(allowed, (tuple, Sequence)) else sorted(allowed)
         return [self._issuers[name] for name in order if name in self._issuers]
 
     async def _introspect(
