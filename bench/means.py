@@ -251,6 +251,8 @@ def profile(bench: Bench, server: Server, target: Target, seconds: float, top: i
     if spying.returncode != 0 or not out.exists():
         text = (bench.workdir / "py-spy.log").read_text(errors="replace").strip()
         return Profile(problem=f"py-spy failed: {' '.join(text.split())[-300:]}")
+    if bench.args.raw:
+        shutil.copyfile(out, bench.args.raw)
     return summarize(out.read_text(errors="replace"), top)
 
 
@@ -308,6 +310,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    parser.add_argument("--raw", metavar="PATH", help="also keep py-spy's samples (by line)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup, args.profile = 3.0, 1.0, 3.0
