@@ -823,14 +823,10 @@ def start_upstream(bench: Bench) -> tuple[Service, str]:
     return service, "a Python asyncio upstream (nginx not found: apt-get install nginx-light)"
 
 
-def gateway_server(
-    bench: Bench, tokens: Tokens, introspection: int, *, cached: bool, logged: bool = False
-) -> Server:
-    """A gateway process: ``cached=False`` with its JWT cache off; ``logged`` at the default
-    ``--log-level info``, a JSON line a request written to its log file (the others run at
-    ``warning``, like HAProxy and nginx here without access logs)."""
+def gateway_config(bench: Bench, name: str, introspection: int) -> tuple[Path, int, int]:
+    """A gateway configuration (GATEWAY_CONFIG) on free ports, written as ``<name>.yaml`` in
+    the run's directory: its path, public port and admin port."""
     port, admin = free_port(), free_port()
-    name = "gateway-logged" if logged else "gateway" if cached else "gateway-nocache"
     config = bench.workdir / f"{name}.yaml"
     config.write_text(
         GATEWAY_CONFIG.format(
@@ -846,6 +842,37 @@ def gateway_server(
             upstream=bench.upstream_port,
         )
     )
+    return config, port, admin
+
+
+def run_meta(
+    script: str, args: argparse.Namespace, pinning: str, upstream: str, load_before: str,
+    gateway: str, target_cores: set[int] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """What a benchmark's report says of its run, beside the figures."""
+    return {
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "command": " ".join(["python", script, *sys.argv[1:]]),
+        "cores": len(os.sched_getaffinity(0) | (target_cores or set())),
+        "pinning": pinning,
+        "upstream": upstream,
+        "wrk": f"-t{args.threads} -c{args.connections} -d{max(1, math.ceil(args.duration))}s",
+        "rounds": args.rounds,
+        "load_before": load_before,
+        "load_after": load_average(),
+        "python": sys.version.split()[0],
+        "gateway": gateway,
+    }
+
+
+def gateway_server(
+    bench: Bench, tokens: Tokens, introspection: int, *, cached: bool, logged: bool = False
+) -> Server:
+    """A gateway process: ``cached=False`` with its JWT cache off; ``logged`` at the default
+    ``--log-level info``, a JSON line a request written to its log file (the others run at
+    ``warning``, like HAProxy and nginx here without access logs)."""
+    name = "gateway-logged" if logged else "gateway" if cached else "gateway-nocache"
+    config, port, admin = gateway_config(bench, name, introspection)
     launcher = ["-m", "gateway"] if cached else [__file__, "--serve-gateway-uncached"]
     level = "info" if logged else "warning"
     command = [sys.executable, *launcher, "run", "--config", str(config), "--log-level", level]
@@ -1189,19 +1216,9 @@ def main() -> None:
             stop(service)
         introspection.close()
     add_ratios(rows)
-    meta: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "command": " ".join(["python", "bench/compare.py", *sys.argv[1:]]),
-        "cores": len(os.sched_getaffinity(0) | (target_cores or set())),
-        "pinning": pinning,
-        "upstream": upstream_text,
-        "wrk": f"-t{args.threads} -c{args.connections} -d{max(1, math.ceil(args.duration))}s",
-        "rounds": args.rounds,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "python": sys.version.split()[0],
-        "gateway": gateway,
-    }
+    meta = run_meta(
+        "bench/compare.py", args, pinning, upstream_text, load_before, gateway, target_cores
+    )
     meta["goals"] = goals(rows)
     if args.json is not None:
         document = json.dumps(

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import math
 import os
@@ -53,11 +52,6 @@ if str(BENCH) not in sys.path:  # run as `python bench/means.py`: compare.py bes
     sys.path.insert(0, str(BENCH))
 
 from compare import (  # noqa: E402
-    AS_ISSUER,
-    AUDIENCE,
-    ES_ISSUER,
-    GATEWAY_CONFIG,
-    ISSUER,
     REPO,
     Bench,
     Introspection,
@@ -67,12 +61,13 @@ from compare import (  # noqa: E402
     Target,
     Tokens,
     core_plan,
-    free_port,
+    gateway_config,
     gateway_version,
     load_average,
     measure_all,
     pinned,
     prepare_tokens,
+    run_meta,
     start_upstream,
     stop,
     wrk,
@@ -89,22 +84,7 @@ PROFILE_RATE = 200  # py-spy samples a second
 
 
 def variant_server(bench: Bench, tokens: Tokens, introspection: int, variant: str) -> Server:
-    port, admin = free_port(), free_port()
-    config = bench.workdir / f"gateway-{variant}.yaml"
-    config.write_text(
-        GATEWAY_CONFIG.format(
-            port=port,
-            admin=admin,
-            issuer=ISSUER,
-            es_issuer=ES_ISSUER,
-            as_issuer=AS_ISSUER,
-            audience=AUDIENCE,
-            rs_jwks=bench.workdir / "rs-jwks.json",
-            es_jwks=bench.workdir / "es-jwks.json",
-            introspection=introspection,
-            upstream=bench.upstream_port,
-        )
-    )
+    config, port, admin = gateway_config(bench, f"gateway-{variant}", introspection)
     command = [sys.executable, __file__, "--serve-gateway", variant]
     command += ["run", "--config", str(config), "--log-level", "warning"]
     targets = [
@@ -348,19 +328,9 @@ def main() -> None:
         for service in reversed(started):
             stop(service)
         introspection.close()
-    meta: dict[str, Any] = {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "command": " ".join(["python", "bench/means.py", *sys.argv[1:]]),
-        "cores": len(os.sched_getaffinity(0) | (target_cores or set())),
-        "pinning": pinning,
-        "upstream": upstream_text,
-        "wrk": f"-t{args.threads} -c{args.connections} -d{max(1, math.ceil(args.duration))}s",
-        "rounds": args.rounds,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "python": sys.version.split()[0],
-        "gateway": gateway,
-    }
+    meta = run_meta(
+        "bench/means.py", args, pinning, upstream_text, load_before, gateway, target_cores
+    )
     if args.json:
         document = {"meta": meta, "rows": [asdict(r) for r in rows], "profile": asdict(found)}
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import datetime
 import json
 import math
 import os
@@ -78,6 +77,7 @@ from compare import (  # noqa: E402
     measure_all,
     mint,
     pinned,
+    run_meta,
     start_upstream,
     stop,
     wrk,
@@ -690,19 +690,9 @@ def main() -> None:
         for service in reversed(started):
             stop(service)
         introspection.close()
-    report.meta = {
-        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "command": " ".join(["python", "bench/scaling.py", *sys.argv[1:]]),
-        "cores": len(os.sched_getaffinity(0) | (target_cores or set())),
-        "pinning": pinning,
-        "upstream": upstream_text,
-        "wrk": f"-t{args.threads} -c{args.connections} -d{max(1, math.ceil(args.duration))}s",
-        "rounds": args.rounds,
-        "load_before": load_before,
-        "load_after": load_average(),
-        "python": sys.version.split()[0],
-        "gateway": version,
-    }
+    report.meta = run_meta(
+        "bench/scaling.py", args, pinning, upstream_text, load_before, version, target_cores
+    )
     print(report.markdown())
     shutil.rmtree(workdir, ignore_errors=True)
 

@@ -70,16 +70,23 @@ async def test_a_request_without_a_body_is_served_without_handing_the_connection
     assert [(r.method, r.path, r.query) for r in upstream.received] == [("GET", "/open/a", "x=1")]
 
 
+async def hand_over(
+    gateway: RunningGateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """A request served the short way, then one with a body: the connection is aiohttp's."""
+    for piece in (request_head("GET", "/open/1", "gw"), post("/open/2", b"hello")):
+        writer.write(piece)
+        await writer.drain()
+        assert (await read_response(reader)).status == 200
+    assert gateway.server.direct_connections == 0
+
+
 async def test_a_request_with_a_body_hands_the_connection_over_and_later_requests_are_served(
     echo: tuple[RunningGateway, Upstream],
 ) -> None:
     gateway, upstream = echo
     async with open_raw(gateway.url) as (reader, writer):
-        for piece in (request_head("GET", "/open/1", "gw"), post("/open/2", b"hello")):
-            writer.write(piece)
-            await writer.drain()
-            assert (await read_response(reader)).status == 200
-        assert gateway.server.direct_connections == 0  # aiohttp's now
+        await hand_over(gateway, reader, writer)
         writer.write(request_head("GET", "/open/3", "gw"))
         await writer.drain()
         assert (await read_response(reader)).status == 200
@@ -241,11 +248,7 @@ async def test_a_connection_handed_over_after_a_request_leaves_no_task_behind(
 ) -> None:
     gateway, _ = echo
     async with open_raw(gateway.url) as (reader, writer):
-        for piece in (request_head("GET", "/open/1", "gw"), post("/open/2", b"hello")):
-            writer.write(piece)
-            await writer.drain()
-            assert (await read_response(reader)).status == 200
-        assert gateway.server.direct_connections == 0  # aiohttp's now, and still open
+        await hand_over(gateway, reader, writer)  # aiohttp's now, and still open
         assert await until_no_workers() == []
 
 
