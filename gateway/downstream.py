@@ -83,7 +83,8 @@ class ClientConnection(BaseProtocol):
         self._pending = b""  # bytes received and not yet answered
         # The connection's one task, which serves its requests in turn (one task a request
         # would cost more: Python 3.11 records each new task in a WeakSet); _serving while a
-        # request is served, else waiting on _waiter for the next one.
+        # request is served, else waiting on _waiter for the next one. Its requests share its
+        # request.task and its contextvars context: bind no context variable per request.
         self._worker: asyncio.Task[None] | None = None
         self._serving: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[RawRequestMessage | None] | None = None
@@ -172,9 +173,11 @@ class ClientConnection(BaseProtocol):
                 self._serving = None
                 self._idle()
                 self._waiter = self._loop.create_future()
+                message = None  # the last request is not held while the connection is idle
                 message = await self._waiter
         finally:
-            self._serving = None
+            # However it ends (cancelled while idle, too), the next request gets a new worker.
+            self._serving = self._waiter = None
 
     def _parse(self, head: bytes) -> RawRequestMessage | None:
         """The request in ``head`` (one whole head), if it is one served here."""

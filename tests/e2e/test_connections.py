@@ -325,3 +325,33 @@ async def test_reading_pauses_while_pipelined_requests_beyond_the_high_water_mar
             await asyncio.sleep(0.01)
     assert not transport.paused
     assert not transport.closed
+
+
+async def test_a_worker_cancelled_while_idle_does_not_stop_the_connection_serving() -> None:
+    async def ok(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    limits = ConnectionLimits(1.0, 1.0, 5.0, 100, 8190, 65536)
+    connection = ClientConnection(
+        loop=asyncio.get_running_loop(),
+        limits=limits,
+        handler=ok,
+        hand_over=asyncio.Protocol,
+        registry=set(),
+    )
+    transport = _Transport()
+    connection.connection_made(transport)
+    head = request_head("GET", "/open/x", "gw")
+    async with asyncio.timeout(IO_TIMEOUT):
+        connection.data_received(head)
+        while transport.written.count(b"HTTP/1.1 200 OK") < 1:
+            await asyncio.sleep(0.01)
+        (worker,) = workers()  # waiting for the next request
+        worker.cancel()
+        while not worker.done():
+            await asyncio.sleep(0.01)
+        connection.data_received(head)
+        while transport.written.count(b"HTTP/1.1 200 OK") < 2:
+            await asyncio.sleep(0.01)
+    connection.connection_lost(None)
+    assert await until_no_workers() == []
