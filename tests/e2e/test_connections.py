@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -296,6 +296,22 @@ class _Transport(asyncio.Transport):
         self.paused = False
 
 
+def short_way(
+    handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+) -> tuple[ClientConnection, _Transport]:
+    """A short-way connection serving ``handler``, on a transport that records what it does."""
+    connection = ClientConnection(
+        loop=asyncio.get_running_loop(),
+        limits=ConnectionLimits(1.0, 1.0, 5.0, 100, 8190, 65536),
+        handler=handler,
+        hand_over=asyncio.Protocol,
+        registry=set(),
+    )
+    transport = _Transport()
+    connection.connection_made(transport)
+    return connection, transport
+
+
 async def test_reading_pauses_while_pipelined_requests_beyond_the_high_water_mark_wait() -> None:
     release = asyncio.Event()
 
@@ -303,16 +319,7 @@ async def test_reading_pauses_while_pipelined_requests_beyond_the_high_water_mar
         await release.wait()
         return web.Response(text="ok")
 
-    limits = ConnectionLimits(1.0, 1.0, 5.0, 100, 8190, 65536)
-    connection = ClientConnection(
-        loop=asyncio.get_running_loop(),
-        limits=limits,
-        handler=slow,
-        hand_over=asyncio.Protocol,
-        registry=set(),
-    )
-    transport = _Transport()
-    connection.connection_made(transport)
+    connection, transport = short_way(slow)
     head = request_head("GET", "/open/x", "gw", [("X-Pad", "p" * 1000)])
     count = PIPELINE_HIGH_WATER // len(head) + 2
     for _ in range(count):
@@ -331,16 +338,7 @@ async def test_a_worker_cancelled_while_idle_does_not_stop_the_connection_servin
     async def ok(request: web.BaseRequest) -> web.StreamResponse:
         return web.Response(text="ok")
 
-    limits = ConnectionLimits(1.0, 1.0, 5.0, 100, 8190, 65536)
-    connection = ClientConnection(
-        loop=asyncio.get_running_loop(),
-        limits=limits,
-        handler=ok,
-        hand_over=asyncio.Protocol,
-        registry=set(),
-    )
-    transport = _Transport()
-    connection.connection_made(transport)
+    connection, transport = short_way(ok)
     head = request_head("GET", "/open/x", "gw")
     async with asyncio.timeout(IO_TIMEOUT):
         connection.data_received(head)
