@@ -1156,15 +1156,21 @@ def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def load_arguments(parser: argparse.ArgumentParser, unit: str) -> None:
+    """The options of a benchmark's wrk runs (here and in bench/means.py); ``unit``: what is
+    measured in rounds (target, variant)."""
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--quick", action="store_true", help="a 3-second smoke run")
-    parser.add_argument("--rounds", type=int, help="runs per target, median reported (3)")
+    parser.add_argument("--rounds", type=int, help=f"runs per {unit}, median reported (3)")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
-    parser.add_argument("--max-warmup", type=float, default=60.0, help="bound on a mix's warm-up")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    load_arguments(parser, "target")
+    parser.add_argument("--max-warmup", type=float, default=60.0, help="bound on a mix's warm-up")
     parser.add_argument("--tokens", type=int, default=10_000, help="distinct tokens in the mix")
     parser.add_argument("--only", help="comma-separated target keys or prefixes (gw,haproxy)")
     parser.add_argument(

@@ -63,6 +63,7 @@ from compare import (  # noqa: E402
     core_plan,
     gateway_config,
     gateway_version,
+    load_arguments,
     load_average,
     measure_all,
     pinned,
@@ -281,14 +282,9 @@ def markdown(rows: list[Row], found: Profile, meta: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
-    parser.add_argument("--quick", action="store_true", help="a 3-second smoke run")
-    parser.add_argument("--rounds", type=int, help="runs per variant, median reported (3)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per run")
+    load_arguments(parser, "variant")
     parser.add_argument("--profile", type=float, default=10.0, help="seconds sampled by py-spy")
     parser.add_argument("--top", type=int, default=15, help="functions listed from the profile")
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     parser.add_argument("--raw", metavar="PATH", help="also keep py-spy's samples (by line)")
     args = parser.parse_args()
