@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from aiohttp import HttpVersion11, web
 from aiohttp.base_protocol import BaseProtocol
@@ -35,9 +35,6 @@ from aiohttp.tcp_helpers import tcp_keepalive
 
 from gateway.config.compile import ConnectionLimits
 from gateway.observe.logs import get_logger
-
-if TYPE_CHECKING:
-    from aiohttp.web_protocol import RequestHandler
 
 log = get_logger("gateway.server")
 
@@ -200,13 +197,18 @@ class ClientConnection(BaseProtocol):
     async def _serve(self, message: RawRequestMessage) -> bool:
         """Answer one request; whether the connection goes on to the next one."""
         loop = self._loop
-        protocol = cast("RequestHandler", self)
         # This task is _serving (the worker); asyncio.current_task() would cost a
         # getpid() system call on Python 3.11, as does every other look-up of the running loop.
         task = self._serving
         assert task is not None
+        # Passed as aiohttp's RequestHandler: the request reads only what this class has too.
         request = web.BaseRequest(
-            message, EMPTY_PAYLOAD, protocol, StreamWriter(self, loop), task, loop
+            message,
+            EMPTY_PAYLOAD,
+            self,  # type: ignore[arg-type]
+            StreamWriter(self, loop),
+            task,
+            loop,
         )
         keep_alive = False
         try:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -290,7 +290,7 @@ class Gateway:
             lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
             memo = verified.decisions[id(route)] = (route, caller, decision, headers, lines)
         _, exchange.caller, decision, exchange.identity_headers, exchange.identity_lines = memo
-        return cast("Identity | Denial", decision)
+        return decision
 
     async def _forward(
         self,

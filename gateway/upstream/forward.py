@@ -260,8 +260,12 @@ def _request_head(
     parts = "".join([method, target, host, *chain.from_iterable(headers)])
     if "\n" in parts or "\r" in parts or "\0" in parts:
         raise UpstreamError("refusing to send a request head with a line break in a value")
-    fields = "".join([f"{name}: {value}\r\n" for name, value in headers])
-    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{fields}{identity_lines}{framing}\r\n"
+    # Each (name, value) pair joined by ": " in C: no Python step a header line.
+    fields = "\r\n".join(map(": ".join, headers))
+    end = "\r\n" if headers else ""
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n{fields}{end}{identity_lines}{framing}\r\n"
+    )
     return head.encode("utf-8", "surrogateescape")
 
 

@@ -63,8 +63,6 @@ class Http1Connection(asyncio.Protocol):
         self._no_body = False  # the request was HEAD
         self._started = False  # a byte of the answer has arrived
         self._interim = False  # the message being parsed is a 1xx
-        self._until_close = False  # the body's end is the connection's end
-        self._in_trailers = False  # the final head is complete: header fields now are trailers
         self._stray = False  # bytes came after the final answer
         self._head_bytes = 0
         self._head: asyncio.Future[tuple[int, bytes, list[tuple[bytes, bytes]]]] | None = None
@@ -96,8 +94,7 @@ class Http1Connection(asyncio.Protocol):
         """Start an exchange by writing the request head (and any body sent with it)."""
         assert self.transport is not None and not self._active
         self._active, self._no_body, self._started = True, no_body, False
-        self._interim = self._until_close = self._complete = False
-        self._in_trailers = self._stray = False
+        self._interim = self._complete = self._stray = False
         self._head_bytes = 0
         self._head = self._loop.create_future()
         self._reason, self._headers = b"", []
@@ -210,9 +207,17 @@ class Http1Connection(asyncio.Protocol):
         # A clean close by the upstream: the end of a body that has no length. A reset, or
         # the gateway's own abort, never comes here and so never ends a body as complete.
         self.reusable = False
-        if self._active and not self._complete and self._until_close:
-            head = self._head
-            if head is not None and head.done() and not head.cancelled():
+        head = self._head
+        if (
+            self._active
+            and not self._complete
+            and head is not None
+            and head.done()
+            and not head.cancelled()
+            and head.exception() is None
+        ):
+            status, _, lines = head.result()
+            if self._reads_until_close(status, lines):
                 self._complete = True
                 self._wake()
         return None  # close the transport
@@ -250,13 +255,13 @@ class Http1Connection(asyncio.Protocol):
         self._count_head(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # _count_head inlined: this runs for every header line of every answer.
+        # _count_head inlined: this runs for every header line of every answer. Trailer fields
+        # count too, and go to a list nobody reads (see on_headers_complete).
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
             self._fail("the upstream's answer head is too large")
             raise _Stop
-        if not self._in_trailers:
-            self._headers.append((name, value))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -271,13 +276,13 @@ class Http1Connection(asyncio.Protocol):
             self._interim = True
             self._reason, self._headers = b"", []
             return
-        self._until_close = self._reads_until_close(status)
-        if self._until_close:
-            self.reusable = False
-        self._in_trailers = True
-        head = self._head
+        # Whether the body ends with the connection is asked only when the connection ends
+        # (eof_received): until then, such a body is not complete, so the connection is not
+        # reused whatever it is.
+        head, lines = self._head, self._headers
+        self._headers = []  # for trailer fields, which are dropped
         if head is not None and not head.done():
-            head.set_result((status, self._reason, self._headers))
+            head.set_result((status, self._reason, lines))
         if self._no_body:
             self._complete = True
             self._wake()
@@ -304,11 +309,12 @@ class Http1Connection(asyncio.Protocol):
 
     # -- inside ---------------------------------------------------------------------------
 
-    def _reads_until_close(self, status: int) -> bool:
+    def _reads_until_close(self, status: int, lines: list[tuple[bytes, bytes]]) -> bool:
+        """Whether an answer with this status and these header lines ends with the connection."""
         if self._no_body or status in (204, 304):
             return False
         length = False
-        for name, value in self._headers:
+        for name, value in lines:
             lowered = name.lower()
             if lowered == b"transfer-encoding":
                 # RFC 9112 §6.3: chunked framing only when chunked is the last coding.

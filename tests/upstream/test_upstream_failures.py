@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from gateway.upstream.client import UpstreamPool
-from gateway.upstream.http1 import UpstreamError
+from gateway.upstream.http1 import MAX_HEAD_BYTES, UpstreamError
 from tests.e2e.wire import (
     ConnectionHandler,
     TcpUpstream,
@@ -68,6 +68,39 @@ async def test_a_chunked_body_cut_before_its_last_chunk_is_an_error() -> None:
 async def test_a_chunked_body_cut_inside_its_trailers_is_an_error() -> None:
     cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n"
     async with tcp_upstream(answering(cut, close=True)) as upstream, pool_to(upstream.url) as pool:
+        await refused(pool)
+
+
+def filler_fields(count: int) -> bytes:
+    """``count`` header lines of 1,011 bytes of name and value each (CRLF not counted)."""
+    return b"".join(b"X-Fill-%04d: %b\r\n" % (n, b"a" * 1000) for n in range(count))
+
+
+async def test_an_answer_head_larger_than_the_limit_is_an_error() -> None:
+    # 70 x 1,011 bytes: over MAX_HEAD_BYTES (64 KiB) of names and values.
+    head = b"HTTP/1.1 200 OK\r\n" + filler_fields(70) + b"Content-Length: 2\r\n\r\nok"
+    assert 70 * 1011 > MAX_HEAD_BYTES
+    async with tcp_upstream(answering(head)) as upstream, pool_to(upstream.url) as pool:
+        await refused(pool)
+
+
+async def test_an_answer_head_within_the_limit_is_read_whole() -> None:
+    head = b"HTTP/1.1 200 OK\r\n" + filler_fields(60) + b"Content-Length: 2\r\n\r\nok"
+    async with tcp_upstream(answering(head)) as upstream, pool_to(upstream.url) as pool:
+        answer = await exchange(pool)
+    assert answer.body == b"ok"
+    assert len(answer.headers) == 61
+
+
+async def test_trailer_fields_larger_than_the_head_limit_are_an_error() -> None:
+    # Trailer fields are dropped, but they count against the same limit as the head's: an
+    # upstream cannot make the gateway take in header lines without end after a body either.
+    answer = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+        + filler_fields(70)
+        + b"\r\n"
+    )
+    async with tcp_upstream(answering(answer)) as upstream, pool_to(upstream.url) as pool:
         await refused(pool)
 
 
