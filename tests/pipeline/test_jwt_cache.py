@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
 from gateway.pipeline.verify.jwks import KeySet, KeyStore, SigningKey
@@ -14,6 +17,7 @@ from gateway.pipeline.verify.jwt import (
     issuer_keys,
     token_digest,
 )
+from gateway.pipeline.verify.tokens import jwt_cache_key
 from tests.pipeline.test_jwt import ALL_ALGORITHMS, NOW, A, B, Clock, MemoryJwks, token
 
 
@@ -201,3 +205,13 @@ def test_the_least_recently_used_entry_goes_first_when_the_cache_is_full() -> No
     cache[b"c"] = entry
     assert cache.get(b"b") is None
     assert cache.get(b"a") is entry and cache.get(b"c") is entry
+
+
+@given(st.text(max_size=200))
+def test_the_request_path_looks_a_token_up_by_the_digest_the_cache_stores_it_by(text: str) -> None:
+    # jwt_cache_key inlines token_digest: a token hashed differently there would never hit.
+    key = jwt_cache_key(text)
+    if "." in text:
+        assert key == token_digest(text)
+    else:
+        assert key is None

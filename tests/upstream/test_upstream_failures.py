@@ -79,7 +79,7 @@ def filler_fields(count: int) -> bytes:
 async def test_an_answer_head_larger_than_the_limit_is_an_error() -> None:
     # 70 x 1,011 bytes: over MAX_HEAD_BYTES (64 KiB) of names and values.
     head = b"HTTP/1.1 200 OK\r\n" + filler_fields(70) + b"Content-Length: 2\r\n\r\nok"
-    assert 70 * 1011 > MAX_HEAD_BYTES
+    assert MAX_HEAD_BYTES < 70 * 1011
     async with tcp_upstream(answering(head)) as upstream, pool_to(upstream.url) as pool:
         await refused(pool)
 
