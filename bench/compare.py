@@ -30,6 +30,7 @@ import importlib.util
 import json
 import math
 import os
+import platform
 import re
 import secrets
 import shutil
@@ -860,7 +861,7 @@ def run_meta(
         "rounds": args.rounds,
         "load_before": load_before,
         "load_after": load_average(),
-        "python": sys.version.split()[0],
+        "python": interpreter(),
         "gateway": gateway,
     }
 
@@ -1150,6 +1151,18 @@ def gateway_version() -> str:
     if dirty:
         return f"commit {head} plus uncommitted changes in {len(dirty)} file(s) under gateway/"
     return f"commit {head}"
+
+
+def interpreter() -> str:
+    """The Python that runs the gateway and the naive proxies (this script's own): its version
+    and build, which move the figures by several per cent (bench/RESULTS.md)."""
+    version, build = platform.python_version(), " ".join(platform.python_build()[1].split()[:3])
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return f"{version}, built {build}"
+    linked = "shared libpython" if "libpython" in maps else "libpython linked into the executable"
+    return f"{version}, built {build}, {linked}"
 
 
 def load_average() -> str:
