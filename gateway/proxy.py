@@ -249,7 +249,8 @@ class Gateway:
         return verified if isinstance(verified, Denial) else self._decide(verified, route, exchange)
 
     async def _verify_new(self, route: CompiledRoute, exchange: Exchange) -> Identity | Denial:
-        """The verdict on a token ``_credentials`` could not judge at once."""
+        """The verdict on a token ``_credentials`` could not judge at once: the token and its
+        digest are taken from the exchange, where ``_credentials`` put them."""
         token, requirement = exchange.token, route.requirement
         assert token is not None and requirement is not None
         verified = await self.verifier.verify_new(token, exchange.token_digest, requirement.issuers)
@@ -258,10 +259,10 @@ class Gateway:
     async def _scan_form(
         self, request: web.BaseRequest, route: CompiledRoute, exchange: Exchange
     ) -> bytes | Denial | web.StreamResponse:
-        """An authorised caller's urlencoded form body, read (bounded) to look for a second
-        token: the body, the refusal of a second token, or 413 for a body over the bound.
-        (Only an authorised caller gets this far, so that an anonymous client cannot make the
-        gateway buffer anything.)"""
+        """An urlencoded form body, read (bounded) to look for a second token: the body, the
+        refusal of a second token, or 413 for a body over the bound. Call it for an authorised
+        caller only (``_handle`` does), so that an anonymous client cannot make the gateway
+        buffer anything."""
         await _send_continue(request)
         body = await _read_limited(request, min(route.max_body_bytes, FORM_SCAN_BYTES))
         if body is None:
@@ -273,6 +274,7 @@ class Gateway:
     def _refuse(
         self, denial: Denial, route: CompiledRoute, exchange: Exchange
     ) -> web.StreamResponse:
+        """The refusal of a token: counted, put on the exchange for the log, answered."""
         exchange.denial = denial
         self.metrics.tally.inc(
             self.metrics.auth_decisions.labels(route.name, "deny", denial.reason)
@@ -280,6 +282,7 @@ class Gateway:
         return errors.denial_response(denial, exchange.request_id)
 
     def _count_allowed(self, route: CompiledRoute) -> None:
+        """Count an allowed request (the labelled series looked up once a route)."""
         allowed = self._allowed.get(route.name)
         if allowed is None:
             allowed = self._allowed[route.name] = self.metrics.auth_decisions.labels(

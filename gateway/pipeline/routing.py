@@ -507,7 +507,7 @@ class RouteTable(Generic[T]):
         recent = self._recent
         found = recent.get(key, _UNSEEN)
         if found is not _UNSEEN:
-            return found  # type: ignore[return-value]  # (typing.cast: a call a request)
+            return found  # type: ignore[return-value]  # (cast() would be a call on every request)
         found = self._find(host, path, method)
         if len(path) + len(method) + (len(host) if host else 0) <= self.RECENT_KEY_CHARS:
             recent.remember(key, found)

@@ -260,7 +260,7 @@ def _request_head(
     parts = "".join([method, target, host, *chain.from_iterable(headers)])
     if "\n" in parts or "\r" in parts or "\0" in parts:
         raise UpstreamError("refusing to send a request head with a line break in a value")
-    # Each (name, value) pair joined by ": " in C: no Python step a header line.
+    # Each (name, value) pair joined by ": " in C, with no Python step for each header line.
     fields = "\r\n".join(map(": ".join, headers))
     end = "\r\n" if headers else ""
     head = (

@@ -52,7 +52,9 @@ class Http1Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.reusable = True  # false once anything makes the next exchange unsafe
+        # False once anything makes the next exchange unsafe. (A body that ends with the
+        # connection leaves it True until then: finish() reuses only a complete exchange.)
+        self.reusable = True
         self.reused = False  # it has carried an exchange before this one
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)

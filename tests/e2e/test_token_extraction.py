@@ -219,6 +219,36 @@ async def test_an_urlencoded_form_over_the_scan_limit_on_a_protected_route_is_41
     ) as response:
         assert response.status == 413
     assert stack.upstream.received == []
+    # A body limit, not a verdict on the token: counted as neither an allow nor a deny.
+    assert decisions(stack, "orders-write", "allow", "none") == 0
+    assert decisions(stack, "orders-write", "deny", "invalid_request") == 0
+
+
+async def test_a_second_token_in_a_form_body_is_refused_for_a_token_met_before_too(
+    stack: Stack,
+) -> None:
+    # The first request verifies the token and caches it; the second is judged from the cache
+    # without a coroutine, and must still have its form body searched for a second token.
+    token = stack.issuer.token(scope="orders:write")
+    async with stack.http.post(
+        f"{stack.url}/orders/1", headers={"Authorization": f"Bearer {token}"}, data={"item": "1"}
+    ) as response:
+        assert response.status == 200
+    stack.upstream.received.clear()
+    async with stack.http.post(
+        f"{stack.url}/orders/1",
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        data=f"item=42&access_token={token}".encode(),
+    ) as response:
+        await assert_invalid_request(stack, response, "orders-write")
+    assert decisions(stack, "orders-write", "allow", "none") == 1
+    hits = stack.gateway.metrics.registry.get_sample_value(
+        "gateway_token_cache_total", {"cache": "jwt", "result": "hit"}
+    )
+    assert hits == 1  # the second request's token came from the cache
 
 
 async def test_another_authorization_scheme_gets_the_bare_bearer_challenge(stack: Stack) -> None:

@@ -207,7 +207,7 @@ def test_the_least_recently_used_entry_goes_first_when_the_cache_is_full() -> No
     assert cache.get(b"a") is entry and cache.get(b"c") is entry
 
 
-@given(st.text(max_size=200))
+@given(st.text(st.characters(exclude_categories=()), max_size=200))  # surrogates too
 def test_the_request_path_looks_a_token_up_by_the_digest_the_cache_stores_it_by(text: str) -> None:
     # jwt_cache_key inlines token_digest: a token hashed differently there would never hit.
     key = jwt_cache_key(text)
