@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import hashlib
 import json
 import logging
 import select
@@ -24,6 +23,8 @@ from typing import Any, Literal
 
 import orjson
 import structlog
+
+from gateway.digest import token_digest
 
 LogFormat = Literal["json", "console"]
 
@@ -223,7 +224,7 @@ def get_logger(name: str = "gateway") -> Any:
 
 def token_fingerprint(token: str) -> str:
     """First 12 hex digits of the token's SHA-256: enough to correlate, useless to replay."""
-    return digest_fingerprint(hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest())
+    return digest_fingerprint(token_digest(token))
 
 
 def digest_fingerprint(digest: bytes) -> str:

@@ -7,6 +7,7 @@ from typing import Any, cast
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.digest import token_digest
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
 from gateway.pipeline.verify.jwks import KeySet, KeyStore, SigningKey
@@ -15,7 +16,6 @@ from gateway.pipeline.verify.jwt import (
     _Verified,
     _VerifiedCache,
     issuer_keys,
-    token_digest,
 )
 from gateway.pipeline.verify.tokens import jwt_cache_key
 from tests.pipeline.test_jwt import (

@@ -8,7 +8,6 @@ decided after the signature checks out against that issuer's own keys. The resul
 from __future__ import annotations
 
 import binascii
-import hashlib
 import json
 import math
 import re
@@ -25,6 +24,7 @@ from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwa import JWSAlgModel
 from joserfc.jws import JWSRegistry
 
+from gateway.digest import token_digest
 from gateway.observe.metrics import Metrics
 
 from ..decision import Denial, VerifiedToken
@@ -171,11 +171,6 @@ def unverified_issuer(token: str) -> str | None:
     payload = _decode_segment(parts[1]) if len(parts) == 3 else None
     iss = payload.get("iss") if payload is not None else None
     return iss if isinstance(iss, str) else None
-
-
-def token_digest(token: str) -> bytes:
-    """What the verified-token cache knows a token by (never the token itself)."""
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 @dataclass(slots=True)  # not frozen: its __init__ would call object.__setattr__ a field

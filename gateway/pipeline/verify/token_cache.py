@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
+from gateway.digest import token_bytes
 from gateway.observe.logs import get_logger
 
 from .claims import is_number
@@ -34,7 +35,7 @@ MIN_NEGATIVE_ENTRIES = 1024
 
 def cache_key(issuer: str, token: str) -> str:
     """The one name of a token in every cache: it cannot be turned back into the token."""
-    return hashlib.sha256(f"{issuer}\0{token}".encode("utf-8", "surrogateescape")).hexdigest()
+    return hashlib.sha256(token_bytes(f"{issuer}\0{token}")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,13 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from gateway.digest import token_digest
+
 from ..decision import Denial, VerifiedToken
 from ..extract import is_b64token, not_b64token
 from .claims import lifetime_denial, malformed
 from .introspection import Introspector, judge_answer
-from .jwt import JwtVerifier, token_digest, unverified_issuer
+from .jwt import JwtVerifier, unverified_issuer
 from .token_cache import Answer
 
 # SPEC §3: a token is opaque unless it is three base64url segments. Counting dots is not enough:
