@@ -186,6 +186,29 @@ async def test_a_jwt_of_another_issuer_is_never_sent_to_an_introspecting_one(
     assert first.calls == 0
 
 
+async def test_each_routes_issuer_list_decides_whether_a_jwt_is_introspected(
+    tmp_path: Path, first: AuthorizationServer, keys: TokenIssuer
+) -> None:
+    # The verifier remembers, per list of issuers, whether any introspects JWTs: one route's
+    # answer must never be taken for another's, in either order.
+    issuers = introspecting("corp", first, "    validation: introspect\n").replace(
+        f"issuer: {first.url}", f"issuer: {keys.issuer}\n    jwks_file: keys.json"
+    )
+    other = TokenIssuer("https://other-issuer.test")
+    other.write_jwks(tmp_path / "other.json")
+    issuers += f"  other:\n    issuer: {other.issuer}\n    jwks_file: other.json\n"
+    token = keys.token()
+    first.accept(token, iss=keys.issuer)
+    async with verifier_for(tmp_path, issuers) as verifier:
+        assert reason(await verifier.verify(token, ("other",))) == "wrong_issuer"
+        assert first.calls == 0
+        introspected = await verifier.verify(token, ("corp",))
+        assert isinstance(introspected, VerifiedToken) and introspected.introspected
+        assert reason(await verifier.verify(token, ("other",))) == "wrong_issuer"
+        assert reason(await verifier.verify(other.token(), ("other", "corp"))) == "verified"
+    assert first.tokens_asked() == [token]
+
+
 # -- which issuers, in which order --------------------------------------------------------------
 
 

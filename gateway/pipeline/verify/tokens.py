@@ -88,6 +88,8 @@ class TokenVerifier:
         # Whether any JWT is ever introspected; if none is, a JWT's claimed issuer need not be
         # read before it is verified.
         self._introspects_jwts = any(p.introspect_jwts and p.introspector for p in issuers.values())
+        # _jwt_introspection_candidates, by the route's ``allowed``.
+        self._jwt_introspection: dict[tuple[str, ...] | None, tuple[IssuerPolicy, ...]] = {}
         self._judgements: LRUCache[tuple[int, str], tuple[Answer, VerifiedToken | Denial]] = (
             LRUCache(JUDGED_ANSWERS)
         )
@@ -126,10 +128,9 @@ class TokenVerifier:
             # Shaped like a JWT (two dots, none of `~+/=`), if it is a b64token at all:
             # JwtVerifier.verify_new refuses anything but base64url characters and dots
             # itself, as malformed, as is_b64token's refusal is.
-            candidates = self._candidates(allowed) if self._introspects_jwts else []
             # The claimed issuer is read (the payload parsed) only when the route trusts an
             # issuer whose JWTs are introspected: otherwise the local check decides anyway.
-            if any(p.introspect_jwts and p.introspector for p in candidates):
+            if candidates := self._jwt_introspection_candidates(allowed):
                 if not is_b64token(token):
                     return not_b64token()
                 iss = unverified_issuer(token)
@@ -166,6 +167,26 @@ class TokenVerifier:
         # The answer is held with its judgement, so that its id is not reused while it is here.
         self._judgements[key] = (answer, judged)
         return judged
+
+    def _jwt_introspection_candidates(
+        self, allowed: Collection[str] | None
+    ) -> Sequence[IssuerPolicy]:
+        """The issuers ``allowed`` if any of them introspects JWTs, else none: worked out once
+        per route's list of issuers (a tuple from the configuration, or None), not per token."""
+        if not self._introspects_jwts:
+            return ()
+        if allowed is not None and not isinstance(allowed, tuple):
+            return self._introspecting(allowed)  # not a route's list: not remembered
+        known = self._jwt_introspection.get(allowed)
+        if known is None:
+            known = self._jwt_introspection[allowed] = self._introspecting(allowed)
+        return known
+
+    def _introspecting(self, allowed: Collection[str] | None) -> tuple[IssuerPolicy, ...]:
+        candidates = self._candidates(allowed)
+        if any(p.introspect_jwts and p.introspector for p in candidates):
+            return tuple(candidates)
+        return ()
 
     def _candidates(self, allowed: Collection[str] | None) -> list[IssuerPolicy]:
         if allowed is None:
