@@ -6,13 +6,8 @@ from __future__ import annotations
 import hashlib
 
 
-def token_bytes(text: str) -> bytes:
-    """``text`` as UTF-8, for hashing. A lone surrogate (a header's undecodable byte, as
-    aiohttp decodes them, or anything a caller of the Python API passes) is encoded as one too
-    (``surrogatepass``): every string has bytes, and no two strings share them."""
-    return text.encode("utf-8", "surrogatepass")
-
-
 def token_digest(token: str) -> bytes:
-    """The SHA-256 of the token's :func:`token_bytes`."""
-    return hashlib.sha256(token_bytes(token)).digest()
+    """The SHA-256 of the token's UTF-8. A lone surrogate (a header's undecodable byte, as
+    aiohttp decodes them, or anything a caller of the Python API passes) is encoded as one too
+    (``surrogatepass``): every string has a digest, and no two strings share the bytes hashed."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

@@ -10,7 +10,6 @@ of their own, so that a flood of random tokens cannot evict a single good entry.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 
 from cachetools import TLRUCache
 
-from gateway.digest import token_bytes
+from gateway.digest import token_digest
 from gateway.observe.logs import get_logger
 
 from .claims import is_number
@@ -35,7 +34,7 @@ MIN_NEGATIVE_ENTRIES = 1024
 
 def cache_key(issuer: str, token: str) -> str:
     """The one name of a token in every cache: it cannot be turned back into the token."""
-    return hashlib.sha256(token_bytes(f"{issuer}\0{token}")).hexdigest()
+    return token_digest(f"{issuer}\0{token}").hex()
 
 
 @dataclass(frozen=True, slots=True)
