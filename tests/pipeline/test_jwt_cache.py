@@ -137,6 +137,33 @@ async def test_a_cached_token_stops_working_once_its_key_is_withdrawn_from_the_j
     assert isinstance(result, Denial) and result.reason == "unknown_key"
 
 
+async def test_a_new_token_of_a_withdrawn_key_is_refused_though_its_header_was_seen_before() -> (
+    None
+):
+    # What a token header allows (its keys, their algorithms) is remembered for the key set
+    # it was worked out from, never for the next one.
+    subject = await counted()
+    assert isinstance(await subject.verifier.verify(token()), VerifiedToken)
+    others = [k for k in A.jwks["keys"] if k["kid"] != A.rsa.kid]
+    subject.corp_jwks.document = {"keys": others}
+    await subject.stores["corp"].refresh()
+    result = await subject.verifier.verify(token())  # the same header, a token not seen before
+    assert isinstance(result, Denial) and result.reason == "unknown_key"
+
+
+async def test_a_header_refused_for_an_unknown_kid_passes_once_the_issuer_publishes_the_key() -> (
+    None
+):
+    # An unknown kid is never remembered as such: the next token asks the issuer again.
+    subject = await counted()
+    subject.corp_jwks.document = {"keys": [k for k in A.jwks["keys"] if k["kid"] != A.rsa.kid]}
+    await subject.stores["corp"].refresh()
+    refused = await subject.verifier.verify(token())
+    assert isinstance(refused, Denial) and refused.reason == "unknown_key"
+    subject.corp_jwks.document = A.jwks
+    assert isinstance(await subject.verifier.verify(token()), VerifiedToken)
+
+
 async def test_a_refresh_returning_the_same_keys_keeps_cached_tokens() -> None:
     subject = await counted()
     good = token()

@@ -252,15 +252,9 @@ class JwtVerifier:
         self._clock = clock
         self._metrics = metrics
         self._verified = _VerifiedCache(cache_size, clock)
-        # Whether a header segment passes a registry's checks (registries are kept alive by
-        # their keys here, so an id is never reused for another one).
-        self._checked_headers: dict[tuple[JWSRegistry, str], bool] = {}
-        # The algorithm a key verifies with for a registry and `alg`, or None where the
-        # registry or the key refuses it, by the ids of the registry and the key, each held in
-        # the entry (so that neither id is reused for another object while it is here).
-        self._key_algorithms: dict[
-            tuple[int, str, int], tuple[JWSRegistry, SigningKey, JWSAlgModel | None]
-        ] = {}
+        # What a header allows for an issuer, while its key set is the one published: by the
+        # issuer's name and the header segment (_signers).
+        self._signers: dict[tuple[str, str], tuple[KeySet, _Signers]] = {}
         self._hits = metrics.token_cache.labels("jwt", "hit") if metrics else None
         self._misses = metrics.token_cache.labels("jwt", "miss") if metrics else None
 
@@ -386,31 +380,29 @@ class JwtVerifier:
     ) -> _Verified | Denial:
         """The signature, the key's algorithm and the token type: what never changes for a
         given token (its lifetime is judged by the caller, every time)."""
-        alg = header["alg"]
-        if alg not in issuer.algorithms:
-            return Denial("disallowed_alg", "the token's signing algorithm is not allowed")
-        keys = await self._keys_for(issuer, header.get("kid"), alg)
-        if isinstance(keys, Denial):
-            return keys
         signing_input, _, signature = token.rpartition(".")
+        signers = await self._signers_for(issuer, signing_input.partition(".")[0], header)
+        if isinstance(signers, Denial):
+            return signers
         try:
             raw_signature = _b64decode(signature)
-        except binascii.Error:  # base64url characters, but a length no encoding has
-            return Denial("invalid_signature", "the token's signature is invalid")
-        if not self._header_ok(issuer.registry, signing_input.partition(".")[0], header):
-            return Denial("invalid_signature", "the token's signature is invalid")
+            issuer.registry.validate_signature_size(raw_signature)
+        except (binascii.Error, JoseError):  # a length no encoding has; too long
+            return _INVALID_SIGNATURE
         signed = signing_input.encode("ascii")  # what the signature covers, for every key tried
         signer = next(
-            (key for key in keys if self._signature_ok(issuer, signed, raw_signature, key, alg)),
+            (
+                key
+                for key, algorithm in signers.keys
+                if self._signature_ok(algorithm, signed, raw_signature, key)
+            ),
             None,
         )
         if signer is None:
-            return Denial("invalid_signature", "the token's signature is invalid")
-        if issuer.token_type is not None:
-            typ = header.get("typ")
+            return _INVALID_SIGNATURE
+        if not signers.typ_ok:
             # RFC 9068 §4 / RFC 8725 §3.11: an ID token must not pass as an access token.
-            if not isinstance(typ, str) or normalize_media_type(typ) != issuer.token_type:
-                return Denial("wrong_type", "the token is not of the required type")
+            return Denial("wrong_type", "the token is not of the required type")
         verified = VerifiedToken(
             issuer=issuer.name,
             claims=payload,
@@ -421,18 +413,51 @@ class JwtVerifier:
         exp: Any = payload.get("exp")
         if exp is not None:
             expires = exp + issuer.leeway
-            starts = [t for t in (payload.get("nbf"), payload.get("iat")) if t is not None]
-            valid_from = max(starts, default=-math.inf) - issuer.leeway
+            nbf, iat = payload.get("nbf"), payload.get("iat")
+            starts = -math.inf if nbf is None else nbf, -math.inf if iat is None else iat
+            valid_from = max(starts) - issuer.leeway
         return _Verified(verified, signer, issuer.keys.keys, expires, valid_from)
 
-    async def _keys_for(
-        self, issuer: IssuerKeys, kid: str | None, alg: str
-    ) -> list[SigningKey] | Denial:
+    async def _signers_for(
+        self, issuer: IssuerKeys, segment: str, header: dict[str, Any]
+    ) -> _Signers | Denial:
+        """The keys that may have signed a token with this header (``segment``, decoded), each
+        with the algorithm it verifies with, and whether the header's ``typ`` is the one
+        required; or why none may. Worked out once per header while the issuer's key set stays
+        the same: an issuer's tokens share a few headers."""
+        alg = header["alg"]
+        if alg not in issuer.algorithms:
+            return Denial("disallowed_alg", "the token's signing algorithm is not allowed")
         store = issuer.keys
         if store.stale:
             # Past `max_stale` without a good fetch: the token may be good, but the keys may
             # have been revoked meanwhile (SPEC §3 `max_stale`: 503, never 401).
             return Denial("unavailable", "the issuer's keys are out of date", retry_after=5)
+        memo_key = (issuer.name, segment)
+        memo = self._signers.get(memo_key)
+        if memo is not None and memo[0] is store.keys:
+            return memo[1]
+        keys = await self._keys_for(store, header.get("kid"), alg)
+        if isinstance(keys, Denial):
+            return keys  # not remembered: an unknown kid must ask the issuer again next time
+        registry = issuer.registry
+        if not _header_ok(registry, header):
+            return _INVALID_SIGNATURE
+        algorithms = [(key, _key_algorithm(registry, key, alg)) for key in keys]
+        typ = header.get("typ")
+        signers = _Signers(
+            keys=tuple((key, algorithm) for key, algorithm in algorithms if algorithm),
+            typ_ok=issuer.token_type is None
+            or (isinstance(typ, str) and normalize_media_type(typ) == issuer.token_type),
+        )
+        if len(self._signers) >= HEADERS_REMEMBERED:
+            self._signers.clear()
+        # The key set the keys came from: _keys_for read it last, after any refresh.
+        self._signers[memo_key] = (store.keys, signers)
+        return signers
+
+    @staticmethod
+    async def _keys_for(store: KeySource, kid: str | None, alg: str) -> list[SigningKey] | Denial:
         if kid is not None:
             named = store.keys.all_by_kid.get(kid)
             if named is None:
@@ -450,61 +475,16 @@ class JwtVerifier:
             candidates = store.keys.candidates(alg)
         return candidates or _no_key(store)
 
-    def _header_ok(self, registry: JWSRegistry, segment: str, header: dict[str, Any]) -> bool:
-        """Whether the header's registered members pass the issuer's registry (joserfc's
-        ``check_header``), judged once per registry and header segment: an issuer's tokens
-        share a few headers, and the check walks every registered member (a fifth of the
-        Python a new token costs)."""
-        key = (registry, segment)
-        known = self._checked_headers.get(key)
-        if known is None:
-            try:
-                registry.check_header(header)
-                known = True
-            except (JoseError, ValueError, TypeError):
-                known = False
-            if len(self._checked_headers) >= HEADERS_REMEMBERED:
-                self._checked_headers.clear()
-            self._checked_headers[key] = known
-        return known
-
+    @staticmethod
     def _signature_ok(
-        self, issuer: IssuerKeys, signed: bytes, signature: bytes, key: SigningKey, alg: str
+        algorithm: JWSAlgModel, signed: bytes, signature: bytes, key: SigningKey
     ) -> bool:
-        """What joserfc's ``deserialize_compact`` checks, without parsing the token again
-        (its header checked by :meth:`_header_ok` first): the algorithm (allowed by the
-        issuer's registry), the key (of the algorithm's type, allowed to verify), and the
-        signature."""
-        registry = issuer.registry
-        algorithm = self._key_algorithm(registry, key, alg)
-        if algorithm is None:
-            return False
+        """Whether ``signature`` over ``signed`` checks out with ``key`` (an algorithm of
+        :meth:`_signers_for`'s, already allowed for the key)."""
         try:
-            registry.validate_signature_size(signature)
             return bool(algorithm.verify(signed, signature, key.key))
         except (JoseError, ValueError, TypeError):
             return False
-
-    def _key_algorithm(
-        self, registry: JWSRegistry, key: SigningKey, alg: str
-    ) -> JWSAlgModel | None:
-        """The registry's algorithm for ``alg`` if the registry allows it and ``key`` may be
-        used with it (joserfc's ``get_alg`` and ``check_key``: the key's type, ``use`` and
-        ``alg``), or None; judged once per registry, key and ``alg``, since neither changes."""
-        memo_key = (id(registry), alg, id(key))
-        memo = self._key_algorithms.get(memo_key)
-        if memo is not None and memo[0] is registry and memo[1] is key:
-            return memo[2]
-        algorithm: JWSAlgModel | None
-        try:
-            algorithm = registry.get_alg(alg)
-            algorithm.check_key(key.key)
-        except (JoseError, ValueError, TypeError):
-            algorithm = None
-        if len(self._key_algorithms) >= KEY_ALGORITHMS_REMEMBERED:
-            self._key_algorithms.clear()
-        self._key_algorithms[memo_key] = (registry, key, algorithm)
-        return algorithm
 
     def lifetime_denial(self, issuer_name: str, payload: Mapping[str, Any]) -> Denial | None:
         """Why the token is outside its validity window (with the issuer's leeway), or None."""
@@ -517,6 +497,38 @@ def _no_key(store: KeySource) -> Denial:
         # The token may be good: we just cannot check it now (SPEC §4: 503, never 401).
         return Denial("unavailable", "the issuer's keys cannot be loaded now", retry_after=5)
     return Denial("unknown_key", "the token's signing key is unknown")
+
+
+_INVALID_SIGNATURE = Denial("invalid_signature", "the token's signature is invalid")
+
+
+@dataclass(frozen=True, slots=True)
+class _Signers:
+    """What a token header allows for an issuer (:meth:`JwtVerifier._signers_for`)."""
+
+    keys: tuple[tuple[SigningKey, JWSAlgModel], ...]  # each with its algorithm
+    typ_ok: bool  # the header's `typ` is the issuer's `token_type`, or none is required
+
+
+def _header_ok(registry: JWSRegistry, header: dict[str, Any]) -> bool:
+    """Whether the header's registered members pass the issuer's registry (joserfc's
+    ``check_header``, which ``deserialize_compact`` would run)."""
+    try:
+        registry.check_header(header)
+    except (JoseError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _key_algorithm(registry: JWSRegistry, key: SigningKey, alg: str) -> JWSAlgModel | None:
+    """The registry's algorithm for ``alg`` if the registry allows it and ``key`` may be used
+    with it (joserfc's ``get_alg`` and ``check_key``: the key's type, ``use`` and ``alg``)."""
+    try:
+        algorithm = registry.get_alg(alg)
+        algorithm.check_key(key.key)
+    except (JoseError, ValueError, TypeError):
+        return None
+    return algorithm
 
 
 def _check_header(header: dict[str, Any]) -> Denial | None:
