@@ -312,7 +312,7 @@ class Gateway:
                 headers = identity_headers(caller, route.identity_headers)
             # Made once a token and route: names are checked tokens (config), values hold no
             # control character (identity_headers), so the lines need no check when sent.
-            lines = "".join([f"{name}: {value}\r\n" for name, value in headers])
+            lines = "\r\n".join(map(": ".join, headers)) + "\r\n" if headers else ""
             memo = verified.decisions[id(route)] = (route, caller, decision, headers, lines)
         _, exchange.caller, decision, exchange.identity_headers, exchange.identity_lines = memo
         return decision

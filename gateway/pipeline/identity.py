@@ -51,9 +51,14 @@ def identity_headers(identity: Identity, mapping: Mapping[str, str]) -> list[tup
     """The identity headers for ``identity``: one value each, absent when the claim is."""
     headers: list[tuple[str, str]] = []
     for name, path in mapping.items():
-        value = _header_value(_claim(identity, path))
-        if value is not None:
-            headers.append((name, value))
+        value = _claim(identity, path)
+        text = value if type(value) is str else _header_text(value)  # a string: most claims
+        # A missing claim means the header is absent, never empty. RFC 9110 §5.5: parsers drop
+        # leading and trailing whitespace, so a claim " admin" would reach the upstream as
+        # "admin" (another user): not written at all instead. Nor is one holding CR, LF or NUL
+        # (header injection), or any other control character.
+        if text and text == text.strip(" \t") and not _CONTROL.search(text):
+            headers.append((name, text))
     return headers
 
 
@@ -66,27 +71,14 @@ def _claim(identity: Identity, path: str) -> Any:
     return value
 
 
-def _header_value(value: Any) -> str | None:
-    text: str | None
-    if isinstance(value, str):
-        text = value  # the common claim: no other test
-    elif isinstance(value, list):
+def _header_text(value: Any) -> str | None:
+    """The header form of a claim that is not a string (None: it has none)."""
+    if isinstance(value, list):
         parts = [_scalar_text(item) for item in value]
         if any(part is None for part in parts):
             return None
-        text = " ".join(part for part in parts if part)
-    else:
-        text = _scalar_text(value)
-    if not text:
-        return None  # a missing claim means the header is absent, never empty
-    if text != text.strip(" \t"):
-        # RFC 9110 §5.5: parsers drop leading and trailing whitespace, so a claim " admin"
-        # would reach the upstream as "admin" (another user); not written at all instead.
-        return None
-    # Never write CR, LF or NUL (header injection), nor other control characters.
-    if _CONTROL.search(text):
-        return None
-    return text
+        return " ".join(part for part in parts if part)
+    return _scalar_text(value)
 
 
 def _scalar_text(value: Any) -> str | None:

@@ -27,7 +27,7 @@ def is_number(value: Any) -> bool:
 
     Only finite numbers that fit a float count: `1e400` parses as infinity (never expires), and
     `exp + leeway` on an integer like 10**400 raises OverflowError (a 500, not a refusal)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
         return math.isfinite(value)
