@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import orjson
 from joserfc.errors import JoseError, SecurityWarning
 from joserfc.jwa import JWSAlgModel
 from joserfc.jws import JWSRegistry
@@ -118,13 +119,32 @@ def _decode_segment(segment: str) -> dict[str, Any] | None:
 def _decode_json(segment: str) -> dict[str, Any] | None:
     """``_decode_segment`` for a segment already known to hold only base64url characters."""
     try:
-        # UTF-8 only (RFC 7519 §7.2), so a byte order mark or UTF-16 is refused, not guessed.
-        value = _JSON.decode(_b64decode(segment).decode("utf-8"))
+        text = _b64decode(segment)
+        value = _compact_json(text)
+        if value is None:
+            # UTF-8 only (RFC 7519 §7.2), so a byte order mark or UTF-16 is refused, not
+            # guessed.
+            value = _JSON.decode(text.decode("utf-8"))
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         # RecursionError: a few thousand `[` fit in `max_token_bytes` and exhaust the JSON
         # parser's stack; that is a malformed token, not a server error.
         return None
     return value if isinstance(value, dict) else None
+
+
+def _compact_json(text: bytes) -> Any:
+    """``text`` read by orjson (in a fifth of the json module's time) when it is exactly how
+    orjson writes what it read, else None: then the json module must judge it. orjson keeps the
+    last of two members of one name, but a text that dropped a member cannot be what orjson
+    writes back, so a text that is has no duplicate. Most tokens are written so (compact, no
+    escapes an encoder need not make); whitespace, other number forms, and everything orjson
+    refuses (NaN, integers past 64 bits, invalid UTF-8) go to the json module, whose verdict is
+    the one that counts."""
+    try:
+        value = orjson.loads(text)
+        return value if orjson.dumps(value) == text else None
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        return None
 
 
 @lru_cache(maxsize=HEADERS_REMEMBERED)
