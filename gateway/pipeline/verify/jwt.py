@@ -37,15 +37,13 @@ from .jwks import KeySet, KeySource, SigningKey
 # `algorithms`, so the warning would only fill the logs, once per request.
 warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=SecurityWarning)
 
-# Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
-# base64 decoding then silently drops, so two different strings would read as one segment.
 # Tokens remembered after a good signature check (about 1-2 KiB each).
 VERIFIED_CACHE_SIZE = 10_000
-# Decoded token headers remembered (an issuer's tokens share a few).
+# Decoded token headers remembered, and what each allows (an issuer's tokens share a few).
 HEADERS_REMEMBERED = 256
-# Judgements of a key for an algorithm remembered (a JWKS holds a few keys).
-KEY_ALGORITHMS_REMEMBERED = 1024
 
+# Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
+# base64 decoding then silently drops, so two different strings would read as one segment.
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 # What a compact JWS is made of: base64url segments and the two dots between them.
 _COMPACT_CHARS = (string.ascii_letters + string.digits + "-_.").encode("ascii")
@@ -434,7 +432,7 @@ class JwtVerifier:
         if exp is not None:
             expires = exp + issuer.leeway
             nbf, iat = payload.get("nbf"), payload.get("iat")
-            starts = -math.inf if nbf is None else nbf, -math.inf if iat is None else iat
+            starts = (-math.inf if nbf is None else nbf, -math.inf if iat is None else iat)
             valid_from = max(starts) - issuer.leeway
         return _Verified(verified, signer, issuer.keys.keys, expires, valid_from)
 
@@ -463,10 +461,10 @@ class JwtVerifier:
         registry = issuer.registry
         if not _header_ok(registry, header):
             return _INVALID_SIGNATURE
-        algorithms = [(key, _key_algorithm(registry, key, alg)) for key in keys]
+        usable = [(key, a) for key in keys if (a := _key_algorithm(registry, key, alg)) is not None]
         typ = header.get("typ")
         signers = _Signers(
-            keys=tuple((key, algorithm) for key, algorithm in algorithms if algorithm),
+            keys=tuple(usable),
             typ_ok=issuer.token_type is None
             or (isinstance(typ, str) and normalize_media_type(typ) == issuer.token_type),
         )
