@@ -164,6 +164,23 @@ async def test_a_header_refused_for_an_unknown_kid_passes_once_the_issuer_publis
     assert isinstance(await subject.verifier.verify(token()), VerifiedToken)
 
 
+async def test_what_a_header_allows_is_judged_for_each_issuer_that_shares_its_iss() -> None:
+    # Two configured issuers with one `iss` and one JWKS: `typ: JWT` passes where no type is
+    # required, and must still fail where `at+jwt` is, for a token of the same header.
+    store = KeyStore("corp", MemoryJwks(A.jwks), min_refetch_interval=0, metrics=Metrics())
+    await store.refresh()
+    verifier = JwtVerifier(
+        {
+            name: issuer_keys(name, A.issuer, ALL_ALGORITHMS, 30.0, typ, "scope", store)
+            for name, typ in (("lax", None), ("strict", "at+jwt"))
+        },
+        Clock(),
+    )
+    assert isinstance(await verifier.verify(token(typ="JWT", jti="1"), ["lax"]), VerifiedToken)
+    refused = await verifier.verify(token(typ="JWT", jti="2"), ["strict"])
+    assert isinstance(refused, Denial) and refused.reason == "wrong_type"
+
+
 async def test_a_refresh_returning_the_same_keys_keeps_cached_tokens() -> None:
     subject = await counted()
     good = token()

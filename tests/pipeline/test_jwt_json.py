@@ -119,3 +119,11 @@ def test_a_compact_payload_reads_as_its_members() -> None:
     assert read(utf8('{"sub":"alice","exp":1796670576,"aud":["a","b"],"x":1.5,"é":null}')) == (
         '{"sub": "alice", "exp": 1796670576, "aud": ["a", "b"], "x": 1.5, "\\u00e9": null}'
     )
+
+
+def test_a_payload_nested_deeper_than_orjson_writes_reads_as_the_json_module_reads_it() -> None:
+    # orjson reads 1,024 levels but writes 254: between the two, the json module decides.
+    for depth in (253, 254, 255, 300, 1100):
+        data = b'{"sub":"alice","deep":' + b"[" * depth + b"]" * depth + b"}"
+        assert read(data) == reference(data)
+    assert read(b'{"deep":' + b"[" * 300 + b"]" * 300 + b"}") is not None

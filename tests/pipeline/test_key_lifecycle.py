@@ -302,6 +302,22 @@ async def test_past_max_stale_a_good_token_is_unavailable_with_retry_after_never
     assert result.retry_after is not None and result.retry_after > 0
 
 
+async def test_past_max_stale_a_new_token_whose_header_was_seen_before_is_unavailable() -> None:
+    # What a token header allows is remembered with the key set; how old the keys are is
+    # judged on every token all the same.
+    clock = Monotonic()
+    loader = MemoryJwks({"keys": [RSA]})
+    store, _ = store_with(loader, clock=clock)
+    await store.refresh()
+    verifier = verifier_for(store)
+    assert isinstance(await verifier.verify(KEYS.token(typ=None, jti="first")), VerifiedToken)
+    loader.failing = True
+    clock.now += MAX_STALE + 1
+    await store.refresh()
+    result = await verifier.verify(KEYS.token(typ=None, jti="second"))
+    assert isinstance(result, Denial) and result.reason == "unavailable"
+
+
 async def test_a_failed_fetch_does_not_restart_the_max_stale_clock() -> None:
     clock = Monotonic()
     loader = MemoryJwks({"keys": [RSA]})
