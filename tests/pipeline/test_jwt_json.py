@@ -78,7 +78,7 @@ def reference(data: bytes) -> str | None:
     decoder = json.JSONDecoder(object_pairs_hook=no_duplicates, parse_constant=constant)
     try:
         value = decoder.decode(data.decode("utf-8"))
-    except ValueError:  # UnicodeDecodeError too
+    except (ValueError, RecursionError):  # UnicodeDecodeError too; too deep: malformed
         return None
     return json.dumps(value) if isinstance(value, dict) else None
 
