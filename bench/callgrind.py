@@ -4,6 +4,7 @@
     python bench/callgrind.py --quick            # fewer requests: a smoke run
     python bench/callgrind.py --top 15           # also the hottest C functions of one target
     python bench/callgrind.py --drive rs256 --requests 1000   # one driver run, without valgrind
+    python bench/callgrind.py --drive rs256-cold --bytecodes 30   # bytecodes a request, by function
 
 Seconds on a shared machine move with everyone else's load; instruction counts do not. The
 driver runs in ONE process and one event loop (uvloop, as `gateway run` chooses it): a fixed
@@ -327,8 +328,14 @@ async def gateway(workdir: Path, upstream: int, log_level: str) -> AsyncIterator
         config.unlink(missing_ok=True)
 
 
-async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> None:
-    """Warm up, then send ``requests`` measured requests between two calls of the mark."""
+async def drive(
+    target: Target,
+    workdir: Path,
+    requests: int,
+    warmup: int,
+    mark: Callable[[], object] = os.getloadavg,
+) -> None:
+    """Warm up, then send ``requests`` measured requests between two calls of ``mark``."""
     async with contextlib.AsyncExitStack() as stack:
         upstream, upstream_port = await start_protocol(FixedUpstream)
         stack.callback(upstream.close)
@@ -375,12 +382,12 @@ async def drive(target: Target, workdir: Path, requests: int, warmup: int) -> No
                 # every run, so its work in the measured part depends on that part alone.
                 gc.collect()
                 before = [stats["collections"] for stats in gc.get_stats()]
-                os.getloadavg()  # mark: the measured part starts
+                mark()  # the measured part starts
                 failed = 0
                 for _ in range(requests):
                     status, _ = await client.send(next(sent))
                     failed += status != 200
-                os.getloadavg()  # mark: the measured part ends
+                mark()  # the measured part ends
                 after = [stats["collections"] for stats in gc.get_stats()]
         finally:
             transport.close()
@@ -415,11 +422,57 @@ def run_driver(args: argparse.Namespace) -> int:
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        asyncio.run(drive(target, workdir, args.requests, args.warmup))
+        if args.bytecodes:
+            counted = Bytecodes()
+            asyncio.run(drive(target, workdir, args.requests, args.warmup, counted.mark))
+            print(counted.report(target.key, args.requests, args.bytecodes))
+        else:
+            asyncio.run(drive(target, workdir, args.requests, args.warmup))
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+class Bytecodes:
+    """Bytecodes run between the two marks, by function, counted from ``sys.settrace``'s opcode
+    events (``--bytecodes``: where the interpreter's time goes, which callgrind cannot name).
+    Only frames that start after the first mark are traced: the bytecodes of one already
+    running (the client connection's worker task, started in the warm-up) are left out, those
+    of every function it calls are not."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], int] = {}
+        self.tracing = False
+
+    def mark(self) -> None:
+        self.tracing = not self.tracing
+        sys.settrace(self._frame if self.tracing else None)
+
+    def _frame(self, frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        return self._opcode
+
+    def _opcode(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "opcode":
+            code = frame.f_code
+            key = (Path(code.co_filename).name, code.co_qualname)
+            self.counts[key] = self.counts.get(key, 0) + 1
+        return self._opcode
+
+    def report(self, key: str, requests: int, top: int) -> str:
+        total = sum(self.counts.values())
+        out = [
+            f"`{key}`: {total / requests:.0f} bytecodes a request (frames started in the measured "
+            f"part); the {top} functions running the most:",
+            "",
+            "| function (file) | bytecodes a request |",
+            "|---|---|",
+        ]
+        ranked = sorted(self.counts.items(), key=lambda item: -item[1])[:top]
+        out += [f"| `{name}` ({file}) | {count / requests:.1f} |" for (file, name), count in ranked]
+        return "\n".join(out)
 
 
 # -- the report: every target under callgrind --------------------------------------------------
@@ -643,11 +696,16 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated target keys: " + ",".join(BY_KEY))
     parser.add_argument("--top", type=int, metavar="K", help="also the K C functions adding most")
     parser.add_argument("--top-target", default="rs256", choices=list(BY_KEY))
+    parser.add_argument(
+        "--bytecodes", type=int, metavar="K", help="with --drive: bytecodes, the K top functions"
+    )
     args = parser.parse_args()
     args.requests = args.requests or (200 if args.quick else 500)
     args.rounds = args.rounds or (1 if args.quick else 2)
     if min(args.requests, args.rounds, args.jobs) < 1 or args.warmup < 1:
         parser.error("--requests, --warmup, --rounds and --jobs must be at least 1")
+    if args.bytecodes is not None and args.drive is None:
+        parser.error("--bytecodes counts one driver run: name it with --drive")
     if args.drive is not None:
         return run_driver(args)
     if shutil.which("valgrind") is None:
