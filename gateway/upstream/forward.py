@@ -149,8 +149,8 @@ async def forward(
         if error.exceeded:
             return Forwarded(errors.too_large(request_id), upstream_seconds)
         return Forwarded(errors.bad_request(request_id, "the request body is malformed"), None)
-    except (TimeoutError, UpstreamError, OSError) as error:
-        timed_out = deadline.expired or isinstance(error, TimeoutError)
+    except (TimeoutError, UpstreamError, OSError) as failure:
+        timed_out = deadline.expired or isinstance(failure, TimeoutError)
         if response is not None and response.prepared:
             return Forwarded(_cut(request, response), upstream_seconds)
         if timed_out:
