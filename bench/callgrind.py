@@ -17,7 +17,9 @@ requests, start-up and shutdown excluded. The targets: the client against the fi
 directly (the harness), a bare aiohttp low-level server (the baseline), and the gateway
 (GatewayServer from a configuration like bench/compare.py's) on its public, RS256, ES256 and
 introspected routes, and on the RS256 route with a new token every request (each a cache
-miss). Loopback only; every run is bounded in time. See bench/README.md.
+miss); three of these again with the gateway's modules imported from their sources (`plain`:
+nothing compiled, as `GATEWAY_COMPILE=no` installs it). Loopback only; every run is bounded in
+time. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ for _path in (REPO, BENCH):  # run as `python bench/callgrind.py`: gateway/ and 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+import plain  # noqa: E402
 from compare import (  # noqa: E402
     AS_ISSUER,
     AUDIENCE,
@@ -73,6 +76,7 @@ class Target:
     path: str
     token: str | None = None  # the key in tokens.json: one token, or a list (one a request)
     log_level: str = "warning"  # the gateway's: "info" writes a JSON line a request
+    plain: bool = False  # the gateway's modules from their sources, none compiled (plain.py)
 
 
 TARGETS = [
@@ -93,6 +97,13 @@ TARGETS = [
     Target("es256", "gateway, ES256 JWT route (cached)", "gateway", "/es/item", "es256"),
     Target("introspected", "gateway, opaque token (warm cache)", "gateway", "/opaque/item",
            "opaque"),
+    # The same gateway with nothing compiled (setup.py compiles its request path with mypyc).
+    Target("public-plain", "gateway, public route, plain Python", "gateway", "/public/item",
+           plain=True),
+    Target("rs256-plain", "gateway, RS256 JWT route (cached), plain Python", "gateway",
+           "/rs/item", "rs256", plain=True),
+    Target("rs256-cold-plain", "gateway, RS256 cache miss, plain Python", "gateway", "/rs/item",
+           "rs256-cold", plain=True),
 ]  # fmt: skip
 BY_KEY = {target.key: target for target in TARGETS}
 BASELINE, HARNESS = "aiohttp", "harness"
@@ -394,9 +405,10 @@ async def drive(
     if failed:
         raise SystemExit(f"{target.key}: {failed} of {requests} measured answers were not 200")
     collections = "/".join(str(b - a) for a, b in zip(before, after, strict=True))
+    compiled = len(plain.compiled_modules())
     print(f"{target.key}: {warmup} warm-up and {requests} measured requests, all 200; "
-          f"garbage collections (generation 0/1/2) while measured: {collections}",
-          file=sys.stderr)  # fmt: skip
+          f"garbage collections (generation 0/1/2) while measured: {collections}; "
+          f"gateway modules compiled: {compiled}", file=sys.stderr)  # fmt: skip
 
 
 def prepare(workdir: Path, cold_tokens: int) -> None:
@@ -414,6 +426,8 @@ def prepare(workdir: Path, cold_tokens: int) -> None:
 
 def run_driver(args: argparse.Namespace) -> int:
     target = BY_KEY[args.drive]
+    if target.plain:
+        plain.use_sources()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cg-drive-"))
     try:
         if not (workdir / "tokens.json").exists():

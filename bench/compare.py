@@ -867,20 +867,40 @@ def run_meta(
 
 
 def gateway_server(
-    bench: Bench, tokens: Tokens, introspection: int, *, cached: bool, logged: bool = False
+    bench: Bench,
+    tokens: Tokens,
+    introspection: int,
+    *,
+    cached: bool,
+    logged: bool = False,
+    plain: bool = False,
 ) -> Server:
     """A gateway process: ``cached=False`` with its JWT cache off; ``logged`` at the default
     ``--log-level info``, a JSON line a request written to its log file (the others run at
-    ``warning``, like HAProxy and nginx here without access logs)."""
-    name = "gateway-logged" if logged else "gateway" if cached else "gateway-nocache"
+    ``warning``, like HAProxy and nginx here without access logs); ``plain`` with none of its
+    modules compiled (bench/plain.py), to show what compiling them gains."""
+    name = (
+        "gateway-logged" if logged else "gateway-plain" if plain else
+        "gateway" if cached else "gateway-nocache"
+    )  # fmt: skip
     config, port, admin = gateway_config(bench, name, introspection)
-    launcher = ["-m", "gateway"] if cached else [__file__, "--serve-gateway-uncached"]
+    launcher = (
+        [__file__, "--serve-gateway-plain"] if plain else
+        ["-m", "gateway"] if cached else [__file__, "--serve-gateway-uncached"]
+    )  # fmt: skip
     level = "info" if logged else "warning"
     command = [sys.executable, *launcher, "run", "--config", str(config), "--log-level", level]
     scripts, mix = tokens.scripts, f"{tokens.count} tokens"
     if logged:
         targets = [
             Target("gw-rs256-logged", "gateway, RS256 JWT route, a log line a request (`info`)",
+                   "/rs/item", "1 token", scripts["rs"], tokens.rs, tokens.rs_bad),
+        ]  # fmt: skip
+    elif plain:
+        targets = [
+            Target("gw-public-plain", "gateway, public route, plain Python (nothing compiled)",
+                   "/public/item", "1 token", scripts["rs"], tokens.rs, None),
+            Target("gw-rs256-plain", "gateway, RS256 JWT route, plain Python (nothing compiled)",
                    "/rs/item", "1 token", scripts["rs"], tokens.rs, tokens.rs_bad),
         ]  # fmt: skip
     elif cached:
@@ -1136,7 +1156,13 @@ def _no_nan(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def gateway_version() -> str:
-    """The commit measured, and whether the gateway's files differ from it."""
+    """The commit measured, whether the gateway's files differ from it, and how many of its
+    modules are compiled (setup.py; `python -m gateway` runs the checkout's own files)."""
+    compiled = len(list((REPO / "gateway").rglob("*.so")))
+    return f"{_commit()}; {compiled} modules compiled with mypyc"
+
+
+def _commit() -> str:
     try:
         head = subprocess.run(
             ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
@@ -1214,6 +1240,7 @@ def main() -> None:
             gateway_server(bench, tokens, introspection.port, cached=True),
             gateway_server(bench, tokens, introspection.port, cached=False),
             gateway_server(bench, tokens, introspection.port, cached=True, logged=True),
+            gateway_server(bench, tokens, introspection.port, cached=True, plain=True),
             naive_server(bench, tokens, auth=True),
             naive_server(bench, tokens, auth=False),
             haproxy_server(bench, tokens),
@@ -1288,6 +1315,17 @@ def run_upstream(port: int) -> None:
     asyncio.run(serve())
 
 
+def serve_gateway_plain(argv: list[str]) -> int:
+    """``gateway`` with every module imported from its source, none compiled (bench/plain.py)."""
+    sys.path.insert(0, str(REPO))
+    from plain import use_sources
+
+    use_sources()
+    from gateway.cli import main as gateway_main
+
+    return gateway_main(argv)
+
+
 def serve_gateway_uncached(argv: list[str]) -> int:
     """``gateway`` with its verified-JWT cache reduced to one entry: with a 10,000-token mix
     every request is a cache miss (the cold-cache figure). Uses the existing ``cache_size``
@@ -1307,5 +1345,7 @@ if __name__ == "__main__":
         run_upstream(int(sys.argv[2]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--serve-gateway-uncached":
         sys.exit(serve_gateway_uncached(sys.argv[2:]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--serve-gateway-plain":
+        sys.exit(serve_gateway_plain(sys.argv[2:]))
     else:
         main()
