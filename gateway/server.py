@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -392,6 +393,9 @@ class GatewayServer:
             listen=f"{self.public_address.host}:{self.public_port}",
             admin=f"{self.admin_address.host}:{self.admin_port}" if self._serve_admin else None,
             routes=len(self.compiled.routes),
+            # Whether the request path runs as built by mypyc (setup.py), or as plain Python
+            # (an install that could not compile it: the same behaviour, slower).
+            compiled=is_compiled(),
         )
 
     def _mark_ready(self, ready: bool) -> None:
@@ -538,6 +542,12 @@ def _needs_restart(old: CompiledConfig, new: CompiledConfig) -> list[str]:
         if a != b:
             changed.append(name)
     return changed
+
+
+def is_compiled() -> bool:
+    """Whether the request path (gateway.proxy and the modules setup.py compiles with it) runs
+    compiled by mypyc."""
+    return str(getattr(sys.modules[Gateway.__module__], "__file__", "")).endswith(".so")
 
 
 def bound_port(runner: web.BaseRunner) -> int:

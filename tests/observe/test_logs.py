@@ -183,6 +183,15 @@ def test_warning_level_hides_request_lines_and_keeps_warnings(warning_run: Logge
 # -- lifecycle --------------------------------------------------------------------------------
 
 
+def test_the_started_line_says_whether_the_request_path_runs_compiled(
+    default_run: LoggedRun,
+) -> None:
+    import gateway.proxy
+
+    (started,) = default_run.named("started")
+    assert started["compiled"] is str(gateway.proxy.__file__).endswith(".so")
+
+
 def test_lifecycle_events_are_logged_each_as_its_own_event_in_order(default_run: LoggedRun) -> None:
     names = [e["event"] for e in default_run.events]
     lifecycle = [
