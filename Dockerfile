@@ -35,7 +35,8 @@ COPY gateway ./gateway
 RUN python -m venv /opt/gateway \
  && GATEWAY_COMPILE=yes /opt/gateway/bin/pip install --no-compile . \
  && /opt/gateway/bin/python -m compileall -q /opt/gateway/lib \
- && /opt/gateway/bin/gateway schema > /dev/null
+ && /opt/gateway/bin/gateway schema > /dev/null \
+ && /opt/gateway/bin/python -c "import sys, gateway.server as s; sys.exit(not s.is_compiled())"
 
 
 FROM python:3.12.11-slim-bookworm AS runtime

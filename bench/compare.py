@@ -898,9 +898,9 @@ def gateway_server(
         ]  # fmt: skip
     elif plain:
         targets = [
-            Target("gw-public-plain", "gateway, public route, plain Python (nothing compiled)",
+            Target("gw-plain-public", "gateway, public route, plain Python (nothing compiled)",
                    "/public/item", "1 token", scripts["rs"], tokens.rs, None),
-            Target("gw-rs256-plain", "gateway, RS256 JWT route, plain Python (nothing compiled)",
+            Target("gw-plain-rs256", "gateway, RS256 JWT route, plain Python (nothing compiled)",
                    "/rs/item", "1 token", scripts["rs"], tokens.rs, tokens.rs_bad),
         ]  # fmt: skip
     elif cached:

@@ -12,6 +12,14 @@ from importlib.util import spec_from_file_location
 from pathlib import Path
 from types import ModuleType
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run from bench/: the test helpers live in tests/
+    sys.path.insert(0, str(REPO))
+
+from tests.compiled import module_name  # noqa: E402
+
+__all__ = ["SourcesFirst", "compiled_modules", "module_name", "use_sources"]
+
 
 class SourcesFirst(MetaPathFinder):
     """Finds each module of the gateway package from its ``.py`` file, never a compiled one."""
@@ -22,10 +30,13 @@ class SourcesFirst(MetaPathFinder):
         if fullname.partition(".")[0] != "gateway":
             return None
         spec = PathFinder.find_spec(fullname, path)
-        if spec is None or spec.origin is None or not spec.origin.endswith(".so"):
-            return spec  # a package, a plain module, or one for the next finder
-        source = Path(spec.origin).with_name(fullname.rpartition(".")[2] + ".py")
-        return spec_from_file_location(fullname, source)
+        name = module_name(Path(spec.origin)) if spec is not None and spec.origin else None
+        if spec is None or name is None:
+            return spec  # a plain module or package, or one for the next finder
+        source = Path(str(spec.origin)).with_name(f"{name}.py")  # __init__.py for a package
+        return spec_from_file_location(
+            fullname, source, submodule_search_locations=spec.submodule_search_locations
+        )
 
 
 def use_sources() -> None:

@@ -24,8 +24,9 @@ from tests.compiled import PACKAGE, stale_compiled_modules
 def pytest_configure(config: pytest.Config) -> None:
     if stale := stale_compiled_modules(PACKAGE):
         raise pytest.UsageError(
-            f"changed since they were compiled: {', '.join(stale)}. Compile them again "
-            "(.venv/bin/pip install -e '.[dev]'), or delete gateway/**/*.so to test plain Python"
+            f"changed or gone since they were compiled: {', '.join(stale)}. Compile them again "
+            "(GATEWAY_COMPILE=yes .venv/bin/pip install -e '.[dev]'), or delete gateway/**/*.so "
+            "to test plain Python"
         )
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -530,8 +531,8 @@ ATHERIS_TARGET = textwrap.dedent(
     import re, sys
     import atheris
 
-    with atheris.instrument_imports():
-        from gateway.pipeline.ingress import AmbiguousPath, normalize_path
+    with atheris.instrument_imports():  # a copy of gateway/pipeline/ingress.py (see below)
+        from source.ingress import AmbiguousPath, normalize_path
 
     CANONICAL = re.compile(r"/[A-Za-z0-9\\-._~!$&'()*+,;=:@/%]*")
 
@@ -563,6 +564,13 @@ def test_atheris_finds_no_path_that_normalize_path_mishandles(tmp_path: Path) ->
     script = tmp_path / "fuzz_normalize_path.py"
     script.write_text(ATHERIS_TARGET)
     repo = Path(__file__).resolve().parents[2]
+    # The module's source, imported beside the script: atheris instruments Python bytecode, and
+    # the installed module may be compiled (setup.py), which would leave it no coverage to steer
+    # by (the fuzzer would run blind, and pass).
+    (tmp_path / "source").mkdir()
+    (tmp_path / "source" / "__init__.py").write_text("")
+    for name in ("ingress.py", "recent.py"):  # the module and what it imports (relatively)
+        shutil.copy(repo / "gateway" / "pipeline" / name, tmp_path / "source" / name)
     result = subprocess.run(
         [sys.executable, str(script), f"-max_total_time={seconds}", "-rss_limit_mb=1024"],
         cwd=tmp_path,  # where libFuzzer would write a crash file
