@@ -41,8 +41,11 @@ from setuptools.command.build_ext import build_ext
 # The modules every request runs through; the rest of the package (configuration, command line,
 # admin, discovery) runs once or rarely and stays interpreted.
 COMPILED = [
+    "gateway/observe/logs.py",
     "gateway/observe/metrics.py",
+    "gateway/pipeline/errors.py",
     "gateway/pipeline/extract.py",
+    "gateway/pipeline/identity.py",
     "gateway/pipeline/ingress.py",
     "gateway/proxy.py",
     "gateway/upstream/forward.py",

@@ -29,18 +29,6 @@ from gateway.digest import token_digest
 LogFormat = Literal["json", "console"]
 
 
-class _StdoutHandler(logging.Handler):
-    """Standard-library log records (aiohttp, asyncio) on stdout, rendered like the gateway's
-    own lines. ``sys.stdout`` is looked up at each record, so a replaced stdout is followed."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            _held.flush()  # request lines held back go first: the lines stay in order
-            _write([self.format(record) + "\n"])  # one write, as every line (_HeldLines)
-        except Exception:
-            self.handleError(record)
-
-
 # The lowest level written (everything until configure_logging says otherwise).
 _min_level = logging.NOTSET
 
@@ -148,6 +136,14 @@ class _HeldLines:
 PIPE_BUF = getattr(select, "PIPE_BUF", 512)
 
 
+def write_lines(lines: list[str]) -> None:
+    """Write whole lines (each with its line end) to stdout in one write, after the request
+    lines held back (so that the lines stay in order). ``sys.stdout`` is looked up each time,
+    so a replaced stdout is followed."""
+    _held.flush()
+    _write(lines)
+
+
 def _write(lines: list[str]) -> None:
     sys.stdout.write("".join(lines))
     sys.stdout.flush()
@@ -201,7 +197,10 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
     # (an Authorization header with a stray control byte, say): that would put a token in the
     # logs. The gateway logs its own failures itself.
     logging.getLogger("aiohttp.server").disabled = True
-    handler = _StdoutHandler(level=max(numeric, logging.WARNING))
+    # Imported here: that module imports this one (write_lines).
+    from gateway.observe.stdlib import StdoutHandler
+
+    handler = StdoutHandler(level=max(numeric, logging.WARNING))
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
@@ -213,7 +212,7 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
         )
     )
     root = logging.getLogger()
-    for previous in [h for h in root.handlers if isinstance(h, _StdoutHandler)]:
+    for previous in [h for h in root.handlers if isinstance(h, StdoutHandler)]:
         root.removeHandler(previous)
     root.addHandler(handler)
 
