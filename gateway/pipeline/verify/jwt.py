@@ -373,7 +373,7 @@ class JwtVerifier:
             return problem
         last: Denial | None = None
         for issuer in candidates:
-            result = await self._verify_with(issuer, token, header, payload)
+            result = await self._verify_with(issuer, token, parts[0], header, payload)
             if isinstance(result, _Verified):
                 self._verified[digest] = result
                 # Within [valid_from, expires) the lifetime is surely good, as in `cached`;
@@ -393,13 +393,15 @@ class JwtVerifier:
         self,
         issuer: IssuerKeys,
         token: str,
+        segment: str,
         header: dict[str, Any],
         payload: dict[str, Any],
     ) -> _Verified | Denial:
         """The signature, the key's algorithm and the token type: what never changes for a
-        given token (its lifetime is judged by the caller, every time)."""
+        given token (its lifetime is judged by the caller, every time). ``segment``: the
+        token's header segment, which ``header`` was decoded from."""
         signing_input, _, signature = token.rpartition(".")
-        signers = await self._signers_for(issuer, signing_input.partition(".")[0], header)
+        signers = await self._signers_for(issuer, segment, header)
         if isinstance(signers, Denial):
             return signers
         try:
