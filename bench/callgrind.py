@@ -406,19 +406,15 @@ async def drive(
         raise SystemExit(f"{target.key}: {failed} of {requests} measured answers were not 200")
     collections = "/".join(str(b - a) for a, b in zip(before, after, strict=True))
     compiled = len(plain.compiled_modules())
-    if target.server == "gateway" and compiled != (0 if target.plain else len(setup_compiled())):
+    if target.server == "gateway" and compiled != (
+        0 if target.plain else len(plain.checkout_compiled())
+    ):
         # A plain row that ran compiled code, or a compiled row that did not, measures the
         # wrong thing, silently: refuse it.
         raise SystemExit(f"{target.key}: ran {compiled} compiled gateway modules")
     print(f"{target.key}: {warmup} warm-up and {requests} measured requests, all 200; "
           f"garbage collections (generation 0/1/2) while measured: {collections}; "
           f"gateway modules compiled: {compiled}", file=sys.stderr)  # fmt: skip
-
-
-def setup_compiled() -> list[Path]:
-    """The compiled modules the checkout's gateway/ holds, for this Python (setup.py built
-    them there: an editable install)."""
-    return [path for path in (REPO / "gateway").rglob("*") if plain.module_name(path)]
 
 
 def prepare(workdir: Path, cold_tokens: int) -> None:
@@ -764,7 +760,7 @@ def main() -> int:
             "valgrind": valgrind.stdout.strip(),
             # What the drivers import (the checkout's own gateway/): the rows but -plain run
             # these compiled, and each driver checked what it ran (drive()).
-            "compiled": len(setup_compiled()),
+            "compiled": len(plain.checkout_compiled()),
         }
         print(markdown(rows, meta))
         if args.top:

@@ -1158,8 +1158,9 @@ def _no_nan(row: dict[str, Any]) -> dict[str, Any]:
 def gateway_version() -> str:
     """The commit measured, whether the gateway's files differ from it, and how many of its
     modules are compiled (setup.py; `python -m gateway` runs the checkout's own files)."""
-    compiled = len(list((REPO / "gateway").rglob("*.so")))
-    return f"{_commit()}; {compiled} modules compiled with mypyc"
+    from plain import checkout_compiled
+
+    return f"{_commit()}; {len(checkout_compiled())} modules compiled with mypyc"
 
 
 def _commit() -> str:

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # run from bench/: the test helpers live in tests
 
 from tests.compiled import module_name  # noqa: E402
 
-__all__ = ["SourcesFirst", "compiled_modules", "module_name", "use_sources"]
+__all__ = ["SourcesFirst", "checkout_compiled", "compiled_modules", "module_name", "use_sources"]
 
 
 class SourcesFirst(MetaPathFinder):
@@ -44,6 +44,12 @@ def use_sources() -> None:
     if any(name.partition(".")[0] == "gateway" for name in sys.modules):
         raise RuntimeError("the gateway is imported already: call use_sources() first")
     sys.meta_path.insert(0, SourcesFirst())
+
+
+def checkout_compiled() -> list[Path]:
+    """The compiled modules the checkout's gateway/ holds for this Python (an editable install
+    builds them there), which a process running from the checkout imports."""
+    return [path for path in (REPO / "gateway").rglob("*") if module_name(path)]
 
 
 def compiled_modules() -> list[str]:
