@@ -44,7 +44,7 @@ def test_a_token_meeting_every_condition_becomes_an_identity_with_its_claims() -
 
 
 def test_a_token_of_an_issuer_the_route_does_not_accept_is_wrong_issuer() -> None:
-    assert reason(Requirement(issuers=frozenset({"corp"})), verified("partner")) == "wrong_issuer"
+    assert reason(Requirement(issuers=("corp",)), verified("partner")) == "wrong_issuer"
 
 
 def test_the_issuers_default_audience_applies_when_the_route_names_none() -> None:
@@ -190,7 +190,7 @@ def test_a_claim_equals_a_rule_value_only_with_the_same_type_and_value(
 
 def test_every_failed_condition_is_reported_in_order_and_the_first_decides() -> None:
     route = Requirement(
-        issuers=frozenset({"partner"}),
+        issuers=("partner",),
         audience=(ORDERS,),
         scopes=("orders:read",),
         claims=(ClaimRule("tenant", "acme"),),
@@ -203,7 +203,7 @@ def test_every_failed_condition_is_reported_in_order_and_the_first_decides() -> 
 
 def test_no_denial_description_reveals_the_expected_audience_scope_or_claim_value() -> None:
     route = Requirement(
-        issuers=frozenset({"partner"}),
+        issuers=("partner",),
         audience=(ORDERS,),
         scopes=("orders:read",),
         claims=(ClaimRule("tenant", "secret-tenant"),),

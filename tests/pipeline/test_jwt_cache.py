@@ -12,10 +12,12 @@ from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
 from gateway.pipeline.verify.jwks import KeySet, KeyStore, SigningKey
 from gateway.pipeline.verify.jwt import (
+    SWEEP_EVERY,
     JwtVerifier,
     _Verified,
     _VerifiedCache,
     issuer_keys,
+    signature_ok,
 )
 from gateway.pipeline.verify.tokens import jwt_cache_key
 from tests.pipeline.test_jwt import (
@@ -45,15 +47,13 @@ class Counted:
                 (("corp", A.issuer), ("partner", B.issuer)), stores.values(), strict=True
             )
         }
-        self.verifier = JwtVerifier(issuers, clock, metrics=self.metrics)
         self.signature_checks = 0
-        original = self.verifier._signature_ok
 
         def counting(*args: Any) -> bool:
             self.signature_checks += 1
-            return original(*args)
+            return signature_ok(*args)
 
-        self.verifier._signature_ok = counting  # type: ignore[method-assign]
+        self.verifier = JwtVerifier(issuers, clock, metrics=self.metrics, signature_check=counting)
 
     def hits(self) -> float:
         labels = {"cache": "jwt", "result": "hit"}
@@ -243,9 +243,9 @@ def test_expired_entries_are_swept_from_memory_even_if_never_looked_up_again() -
     for n in range(10):
         cache[b"short-%d" % n] = entry(NOW + 1)
     clock.now = NOW + 2
-    for n in range(_VerifiedCache.SWEEP_EVERY - 10):
+    for n in range(SWEEP_EVERY - 10):
         cache[b"long-%d" % n] = entry(NOW + 3600)
-    assert len(cache) == _VerifiedCache.SWEEP_EVERY - 10
+    assert len(cache) == SWEEP_EVERY - 10
 
 
 def test_the_least_recently_used_entry_goes_first_when_the_cache_is_full() -> None:

@@ -41,6 +41,8 @@ warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=Securi
 VERIFIED_CACHE_SIZE = 10_000
 # Decoded token headers remembered, and what each allows (an issuer's tokens share a few).
 HEADERS_REMEMBERED = 256
+# Insertions into the verified-token cache between two sweeps of its expired entries.
+SWEEP_EVERY = 1024
 
 # Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
 # base64 decoding then silently drops, so two different strings would read as one segment.
@@ -211,8 +213,6 @@ class _VerifiedCache:
     every ``SWEEP_EVERY`` insertions, so none outlives its token for long in memory either.
     (cachetools' TLRUCache does the same at six times the cost of a hit.)"""
 
-    SWEEP_EVERY = 1024
-
     def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
         self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
         self._maxsize = maxsize
@@ -237,13 +237,25 @@ class _VerifiedCache:
         if len(entries) > self._maxsize:
             entries.popitem(last=False)
         self._inserted += 1
-        if self._inserted % self.SWEEP_EVERY == 0:
+        if self._inserted % SWEEP_EVERY == 0:
             now = self._clock()
             for stale in [d for d, e in entries.items() if e.expires <= now]:
                 del entries[stale]
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+SignatureCheck = Callable[[JWSAlgModel, bytes, bytes, SigningKey], bool]
+
+
+def signature_ok(algorithm: JWSAlgModel, signed: bytes, signature: bytes, key: SigningKey) -> bool:
+    """Whether ``signature`` over ``signed`` checks out with ``key`` (an algorithm of
+    :meth:`JwtVerifier._signers_for`'s, already allowed for the key)."""
+    try:
+        return bool(algorithm.verify(signed, signature, key.key))
+    except (JoseError, ValueError, TypeError):
+        return False
 
 
 class JwtVerifier:
@@ -262,8 +274,12 @@ class JwtVerifier:
         *,
         metrics: Metrics | None = None,
         cache_size: int = VERIFIED_CACHE_SIZE,
+        signature_check: SignatureCheck | None = None,
     ) -> None:
+        """``signature_check``: how a signature is checked (:func:`signature_ok`, unless a
+        test counts the checks)."""
         self._issuers = issuers
+        self._signature_ok = signature_check or signature_ok
         self._by_iss: dict[str, list[IssuerKeys]] = {}
         for keys in issuers.values():
             self._by_iss.setdefault(keys.issuer, []).append(keys)
@@ -494,17 +510,6 @@ class JwtVerifier:
             await store.refresh_for_unknown_kid()
             candidates = store.keys.candidates(alg)
         return candidates or _no_key(store)
-
-    @staticmethod
-    def _signature_ok(
-        algorithm: JWSAlgModel, signed: bytes, signature: bytes, key: SigningKey
-    ) -> bool:
-        """Whether ``signature`` over ``signed`` checks out with ``key`` (an algorithm of
-        :meth:`_signers_for`'s, already allowed for the key)."""
-        try:
-            return bool(algorithm.verify(signed, signature, key.key))
-        except (JoseError, ValueError, TypeError):
-            return False
 
     def lifetime_denial(self, issuer_name: str, payload: Mapping[str, Any]) -> Denial | None:
         """Why the token is outside its validity window (with the issuer's leeway), or None."""
