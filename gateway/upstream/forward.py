@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import chain
 
 from aiohttp import HttpVersion11, web
@@ -63,12 +62,15 @@ class _WholeResponse(web.StreamResponse):
     _send_headers_immediately = False
 
 
-@dataclass(slots=True)
 class Forwarded:
-    """What happened upstream, for metrics and the access log."""
+    """What happened upstream, for metrics and the access log. (A plain class: compiled, its
+    ``__init__`` is native code, where a dataclass's is generated Python.)"""
 
-    response: web.StreamResponse
-    upstream_seconds: float | None
+    __slots__ = ("response", "upstream_seconds")
+
+    def __init__(self, response: web.StreamResponse, upstream_seconds: float | None) -> None:
+        self.response = response
+        self.upstream_seconds = upstream_seconds
 
 
 async def forward(
