@@ -1328,20 +1328,27 @@ def serve_gateway_plain(argv: list[str]) -> int:
     return gateway_main(argv)
 
 
-def serve_gateway_uncached(argv: list[str]) -> int:
-    """``gateway`` with its verified-JWT cache reduced to one entry: with a 10,000-token mix
-    every request is a cache miss (the cold-cache figure). Uses the existing ``cache_size``
-    parameter of ``JwtVerifier``, given where ``gateway/issuers.py`` makes the verifier (a
-    module that is not compiled, so the name is looked up there at call time); changes nothing
-    in the gateway's files. The report's cache hit rate (0 %) shows that it took."""
+def limit_jwt_cache(size: int) -> None:
+    """Make the gateway about to start in this process keep at most ``size`` verified tokens,
+    through the existing ``cache_size`` parameter of ``JwtVerifier``: the name is replaced where
+    ``gateway/issuers.py`` makes the verifier (a module that is not compiled, so it looks the name
+    up at call time). Changes nothing in the gateway's files."""
     sys.path.insert(0, str(REPO))
     from gateway import issuers
-    from gateway.cli import main as gateway_main
     from gateway.pipeline.verify.jwt import JwtVerifier
 
     if not str(issuers.__file__).endswith(".py"):
         raise SystemExit("gateway/issuers.py is compiled: its JwtVerifier cannot be replaced")
-    vars(issuers)["JwtVerifier"] = functools.partial(JwtVerifier, cache_size=1)
+    vars(issuers)["JwtVerifier"] = functools.partial(JwtVerifier, cache_size=size)
+
+
+def serve_gateway_uncached(argv: list[str]) -> int:
+    """``gateway`` with its verified-JWT cache reduced to one entry: with a 10,000-token mix
+    every request is a cache miss (the cold-cache figure; the report's 0 % cache hits shows
+    that the limit took)."""
+    limit_jwt_cache(1)
+    from gateway.cli import main as gateway_main
+
     return gateway_main(argv)
 
 

@@ -63,6 +63,7 @@ from compare import (  # noqa: E402
     core_plan,
     gateway_config,
     gateway_version,
+    limit_jwt_cache,
     load_arguments,
     load_average,
     measure_all,
@@ -106,11 +107,7 @@ def serve_gateway(variant: str, argv: list[str]) -> int:
     if variant == "no-uvloop":
         sys.modules["uvloop"] = None  # type: ignore[assignment]  # `import uvloop` fails
     elif variant == "no-token-cache":
-        from gateway.pipeline.verify.jwt import JwtVerifier
-
-        defaults = JwtVerifier.__init__.__kwdefaults__
-        assert defaults is not None and "cache_size" in defaults
-        defaults["cache_size"] = 0
+        limit_jwt_cache(0)
     elif variant == "no-short-way":
         from gateway.downstream import ClientConnection
 

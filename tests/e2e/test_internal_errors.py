@@ -8,8 +8,9 @@ from gateway.pipeline.verify.jwks import KeyStore
 from tests.e2e.conftest import Stack
 
 # What the gateway awaits for a token naming a key it does not have: the issuer's keys fetched
-# again. A RuntimeError there stands for any bug on the request path (the class is patched:
-# the verifier's own classes may be compiled, and a compiled object's methods cannot be).
+# again. A RuntimeError there stands for any bug on the request path. KeyStore's class is
+# patched: gateway/pipeline/verify/jwks.py is not compiled (setup.py), while the verifier's own
+# classes are, and a compiled class's methods cannot be replaced.
 UNKNOWN_KID = "no-such-key"
 
 

@@ -279,7 +279,7 @@ class JwtVerifier:
         """``signature_check``: how a signature is checked (:func:`signature_ok`, unless a
         test counts the checks)."""
         self._issuers = issuers
-        self._signature_ok = signature_check or signature_ok
+        self._signature_ok = signature_check if signature_check is not None else signature_ok
         self._by_iss: dict[str, list[IssuerKeys]] = {}
         for keys in issuers.values():
             self._by_iss.setdefault(keys.issuer, []).append(keys)
