@@ -193,18 +193,27 @@ def unverified_issuer(token: str) -> str | None:
     return iss if isinstance(iss, str) else None
 
 
-@dataclass(slots=True)  # not frozen: its __init__ would call object.__setattr__ a field
 class _Verified:
     """A token whose signature checked out, and the key that checked it (never changed: a
-    new entry replaces it)."""
+    new entry replaces it). A plain class: compiled, its ``__init__`` is native code."""
 
-    token: VerifiedToken
-    key: SigningKey
-    published: KeySet  # the issuer's key set in which ``key`` was last seen
-    expires: float  # when the entry goes: ``exp`` plus the issuer's leeway
-    # From when its lifetime is surely good (``nbf`` and ``iat`` less the leeway, and an
-    # ``exp`` there at all; else never, and lifetime_denial says why each time).
-    valid_from: float
+    __slots__ = ("expires", "key", "published", "token", "valid_from")
+
+    def __init__(
+        self,
+        token: VerifiedToken,
+        key: SigningKey,
+        published: KeySet,  # the issuer's key set in which ``key`` was last seen
+        expires: float,  # when the entry goes: ``exp`` plus the issuer's leeway
+        # From when its lifetime is surely good (``nbf`` and ``iat`` less the leeway, and an
+        # ``exp`` there at all; else never, and lifetime_denial says why each time).
+        valid_from: float,
+    ) -> None:
+        self.token = token
+        self.key = key
+        self.published = published
+        self.expires = expires
+        self.valid_from = valid_from
 
 
 class _VerifiedCache:
