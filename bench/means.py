@@ -109,9 +109,11 @@ def serve_gateway(variant: str, argv: list[str]) -> int:
     elif variant == "no-token-cache":
         limit_jwt_cache(0)
     elif variant == "no-short-way":
-        from gateway.downstream import ClientConnection
+        from gateway.server import GuardedServer
 
-        ClientConnection._parse = lambda self, head: None  # type: ignore[method-assign]
+        # Every connection aiohttp's from its first byte (downstream.py is compiled: its class
+        # cannot be patched, the interpreted server's can).
+        GuardedServer.__call__ = lambda self: self.guarded(self._limits())  # type: ignore[method-assign]
     elif variant != "shipped":
         raise SystemExit(f"unknown variant {variant}")
     from gateway.cli import main as gateway_main

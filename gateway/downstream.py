@@ -24,14 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import HttpVersion11, web
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpRequestParser, RawRequestMessage
+from aiohttp.client_exceptions import ClientConnectionResetError
+from aiohttp.http_parser import HttpRequestParser
 from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import EMPTY_PAYLOAD
-from aiohttp.tcp_helpers import tcp_keepalive
+from aiohttp.tcp_helpers import tcp_keepalive, tcp_nodelay
 
 from gateway.config.compile import ConnectionLimits
 from gateway.observe.logs import get_logger
@@ -41,10 +41,18 @@ log = get_logger("gateway.server")
 # Bytes of pipelined requests held while one is answered, before reading pauses.
 PIPELINE_HIGH_WATER = 64 * 1024
 
+# The name of a connection's task (its worker, below), by which tests and operators find it.
+WORKER_NAME = "gateway-client-connection"
+
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
+# A parsed request head: aiohttp's ``RawRequestMessage``. Typed loosely, as this module is
+# compiled (setup.py) and compiled code checks the types it is given: the stubs declare a
+# NamedTuple, and aiohttp's C parser makes a class of its own.
+Message = Any
 
-class ClientConnection(BaseProtocol):
+
+class ClientConnection(asyncio.Protocol):
     """One client connection of the public listener, until (if ever) it is handed over.
 
     Requests are answered one at a time, in order; bytes of the next ones wait meanwhile
@@ -62,15 +70,22 @@ class ClientConnection(BaseProtocol):
         hand_over: Callable[[], asyncio.Protocol],
         registry: set[ClientConnection],
     ) -> None:
-        super().__init__(loop)
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        # Flow control, as aiohttp's StreamWriter reads it (``_paused``, ``_drain_helper``):
+        # the attributes of aiohttp's BaseProtocol, which a compiled class cannot derive from.
+        self._paused = False  # writing: the transport's buffer is full
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
         self._limits = limits
         self._handler = handler
         self._hand_over = hand_over
         self._registry = registry
         # aiohttp's own parser, with the limits its server applies (the buffer size is for
-        # bodies, which are aiohttp's to read).
+        # bodies, which are aiohttp's to read: a head with one is handed over unread, so the
+        # parser never feeds this class a body and needs none of BaseProtocol's reading).
         self._parser_state = HttpRequestParser(
-            self,
+            self,  # type: ignore[arg-type]
             loop,
             2**16,
             max_line_size=limits.max_line_bytes,
@@ -84,7 +99,7 @@ class ClientConnection(BaseProtocol):
         # request.task and its contextvars context: bind no context variable per request.
         self._worker: asyncio.Task[None] | None = None
         self._serving: asyncio.Task[None] | None = None
-        self._waiter: asyncio.Future[RawRequestMessage | None] | None = None
+        self._waiter: asyncio.Future[Message | None] | None = None
         self._closing = False  # no further request: shutting down
         self._idle_since = 0.0
         self._idle_check: asyncio.TimerHandle | None = None
@@ -96,15 +111,17 @@ class ClientConnection(BaseProtocol):
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        tcp_keepalive(cast(asyncio.Transport, transport))
+        self.transport = cast(asyncio.Transport, transport)
+        tcp_nodelay(self.transport, True)
+        tcp_keepalive(self.transport)
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
         self._registry.add(self)
         self._idle()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
+        self.transport = None
+        self._resume_writer(exc)
         self._registry.discard(self)
         self._stop_idle_check()
         self._wake(None)  # an idle worker ends
@@ -125,6 +142,46 @@ class ClientConnection(BaseProtocol):
     def eof_received(self) -> None:
         return None  # the transport closes (a request in progress still runs to its end)
 
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._resume_writer(None)
+
+    # -- flow control -------------------------------------------------------------------------
+
+    async def _drain_helper(self) -> None:
+        """Wait until the transport takes writes again (aiohttp's StreamWriter calls it)."""
+        if self.transport is None:
+            raise ClientConnectionResetError("Connection lost")
+        if not self._paused:
+            return
+        if self._drain_waiter is None:
+            self._drain_waiter = self._loop.create_future()
+        await self._drain_waiter
+
+    def _resume_writer(self, exc: BaseException | None) -> None:
+        """Wake a writer waiting in ``_drain_helper``: writing resumed, or the connection
+        was lost (``exc``: how)."""
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is None or waiter.done():
+            return
+        if exc is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(ConnectionError("Connection lost"))
+
+    def _pause_transport_reading(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError):
+                self.transport.pause_reading()
+
+    def _resume_transport_reading(self) -> None:
+        if self.transport is not None:
+            with contextlib.suppress(AttributeError, NotImplementedError, RuntimeError):
+                self.transport.resume_reading()
+
     # -- requests -----------------------------------------------------------------------------
 
     def _next(self) -> None:
@@ -136,9 +193,10 @@ class ClientConnection(BaseProtocol):
             self._serving = self._worker
             self._wake(message)
         else:
-            self._serving = self._worker = self._loop.create_task(self._work(message))
+            worker = self._loop.create_task(self._work(message), name=WORKER_NAME)
+            self._serving = self._worker = worker
 
-    def _take(self) -> RawRequestMessage | None:
+    def _take(self) -> Message | None:
         """The request at the start of what is pending, taken from it; or None, the
         connection handed over."""
         data = self._pending
@@ -152,13 +210,13 @@ class ClientConnection(BaseProtocol):
         self._pending = data[end + 4 :]
         return message
 
-    def _wake(self, message: RawRequestMessage | None) -> None:
+    def _wake(self, message: Message | None) -> None:
         """Give the idle worker its next request, or None: there is none, it ends."""
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(message)
 
-    async def _work(self, message: RawRequestMessage | None) -> None:
+    async def _work(self, message: Message | None) -> None:
         """The worker: each request in turn, while the connection is kept alive."""
         try:
             while message is not None:
@@ -176,12 +234,13 @@ class ClientConnection(BaseProtocol):
             # However it ends (cancelled while idle, too), the next request gets a new worker.
             self._serving = self._waiter = None
 
-    def _parse(self, head: bytes) -> RawRequestMessage | None:
+    def _parse(self, head: bytes) -> Message | None:
         """The request in ``head`` (one whole head), if it is one served here."""
         try:
-            messages, upgraded, _ = self._parser_state.feed_data(head)
+            parsed: Any = self._parser_state.feed_data(head)  # (messages, upgraded, tail)
         except Exception:  # anything aiohttp refuses: it will say so, in its own words
             return None
+        messages, upgraded = parsed[0], parsed[1]
         if len(messages) != 1 or upgraded:
             return None
         message, payload = messages[0]
@@ -194,19 +253,20 @@ class ClientConnection(BaseProtocol):
             return None
         return message
 
-    async def _serve(self, message: RawRequestMessage) -> bool:
+    async def _serve(self, message: Message) -> bool:
         """Answer one request; whether the connection goes on to the next one."""
         loop = self._loop
         # This task is _serving (the worker); asyncio.current_task() would cost a
         # getpid() system call on Python 3.11, as does every other look-up of the running loop.
         task = self._serving
         assert task is not None
-        # Passed as aiohttp's RequestHandler: the request reads only what this class has too.
+        # Passed as aiohttp's RequestHandler, and as the writer's BaseProtocol: the request and
+        # the writer read only what this class has too.
         request = web.BaseRequest(
             message,
             EMPTY_PAYLOAD,
             self,  # type: ignore[arg-type]
-            StreamWriter(self, loop),
+            StreamWriter(self, loop),  # type: ignore[arg-type]
             task,
             loop,
         )

@@ -89,6 +89,30 @@ class Exchange:
         self.identity_lines = ""  # the same, as header lines (CRLF after each)
 
 
+class Listener:
+    """The public listener's handler: each request goes to the gateway current when it arrives,
+    which serves it to the end, across reloads (``gateway`` is replaced by a reload)."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.inflight = 0  # requests being handled, of every generation
+        self.stopping = False  # draining: set by the server's stop()
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.inflight += 1
+        try:
+            response = await self.gateway.handle(request)
+        finally:
+            self.inflight -= 1
+        if self.stopping:
+            # Draining: no further request on this connection (its client opens a new one,
+            # elsewhere), else a client that keeps its connection busy keeps the drain going
+            # to the deadline. Before the headers went out, they say `Connection: close`;
+            # after (a streamed response), aiohttp closes the connection once it is sent.
+            response.force_close()
+        return response
+
+
 class Gateway:
     """One compiled configuration made live: key stores, verifier, upstream pools."""
 

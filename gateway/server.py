@@ -34,7 +34,7 @@ from gateway.downstream import ClientConnection
 from gateway.observe.logs import get_logger
 from gateway.observe.metrics import Metrics
 from gateway.pipeline import errors
-from gateway.proxy import Gateway
+from gateway.proxy import Gateway, Listener
 from gateway.upstream.headers import request_id
 
 log = get_logger("gateway.server")
@@ -302,7 +302,8 @@ class GatewayServer:
     ) -> None:
         self.compiled = compiled
         self.metrics = metrics or Metrics()
-        self.gateway = Gateway(compiled, self.metrics)
+        # The request path's own state (compiled): the current gateway, requests in flight.
+        self.listener = Listener(Gateway(compiled, self.metrics))
         _declare_series(self.metrics, self.gateway)
         self.public_address = public or Address.parse(compiled.config.listen)
         self.admin_address = admin or Address.parse(compiled.config.admin.listen)
@@ -311,12 +312,10 @@ class GatewayServer:
         self._serve_admin = serve_admin
         self._reuse_port = compiled.config.workers != 1 if reuse_port is None else reuse_port
         self._ready_file = ready_file
-        self.stopping = False
         self._runners: list[web.BaseRunner] = []
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._public_runner: web.ServerRunner | None = None
-        self._inflight = 0  # requests being handled, of every generation
         self.public_port = 0
         self.admin_port = 0
 
@@ -328,26 +327,20 @@ class GatewayServer:
         server = public.server if public is not None else None
         return len(server.clients) if isinstance(server, GuardedServer) else 0
 
+    @property
+    def gateway(self) -> Gateway:
+        """The current generation: the one a request arriving now is served by."""
+        return self.listener.gateway
+
+    @property
+    def stopping(self) -> bool:
+        return self.listener.stopping
+
     def not_ready(self) -> list[str]:
         reasons = self.gateway.not_ready()
         if self.stopping:
             reasons.insert(0, "shutting down")
         return reasons
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        # The gateway current when the request arrives serves it to the end, across reloads.
-        self._inflight += 1
-        try:
-            response = await self.gateway.handle(request)
-        finally:
-            self._inflight -= 1
-        if self.stopping:
-            # Draining: no further request on this connection (its client opens a new one,
-            # elsewhere), else a client that keeps its connection busy keeps the drain going
-            # to the deadline. Before the headers went out, they say `Connection: close`;
-            # after (a streamed response), aiohttp closes the connection once it is sent.
-            response.force_close()
-        return response
 
     async def start(self) -> None:
         """The admin listener first, so that /readyz answers 503 (rather than refusing
@@ -372,7 +365,7 @@ class GatewayServer:
             self.admin_port = bound_port(admin_runner)
         await self.gateway.start()
         # Each new connection gets the limits of the configuration current when it opens.
-        public = GuardedServer(self._handle, lambda: self.compiled.connection)
+        public = GuardedServer(self.listener.handle, lambda: self.compiled.connection)
         public_runner = web.ServerRunner(
             public, handle_signals=False, access_log=None, shutdown_timeout=timeout
         )
@@ -428,7 +421,7 @@ class GatewayServer:
             new = Gateway(compiled, self.metrics, previous=self.gateway)
             _declare_series(self.metrics, new)
             await new.start()
-            old, self.gateway, self.compiled = self.gateway, new, compiled
+            old, self.listener.gateway, self.compiled = self.gateway, new, compiled
             self._mark_ready(True)
             task = asyncio.ensure_future(self._retire(old))
             self._retiring.add(task)
@@ -461,7 +454,7 @@ class GatewayServer:
     async def stop(self) -> None:
         """Readiness off at once, stop accepting, let requests in flight finish (up to
         ``shutdown_timeout``), then close everything."""
-        self.stopping = True
+        self.listener.stopping = True
         self._mark_ready(False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.compiled.config.shutdown_timeout
@@ -472,7 +465,7 @@ class GatewayServer:
             # The drain is waited for here, not in aiohttp's shutdown: that one stops reading
             # every connection the moment it starts, so an upload still arriving or a
             # WebSocket's next frame would never be read, and the request would hang until cut.
-            while self._inflight and loop.time() < deadline:
+            while self.listener.inflight and loop.time() < deadline:
                 await asyncio.sleep(0.02)
             if public.server is not None:
                 # Idle keep-alive connections close now; what still runs is cut at the

@@ -15,8 +15,7 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -54,6 +53,21 @@ class Deadline:
         if self.expired:
             connection.abort()
         return connection
+
+
+class Slot:
+    """One of an upstream's connections held for the length of an ``async with`` block.
+    (A class rather than ``contextlib.asynccontextmanager``: this module is compiled, and
+    mypyc compiles no async generator.)"""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self._pool = pool
+
+    async def __aenter__(self) -> None:
+        await self._pool.take_slot()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._pool.free_slot()
 
 
 class UpstreamPool:
@@ -106,14 +120,10 @@ class UpstreamPool:
             )
         return self._session
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the upstream's connections for the length of a request."""
-        await self.take_slot()
-        try:
-            yield
-        finally:
-            self.free_slot()
+    def slot(self) -> Slot:
+        """Hold one of the upstream's connections for the length of a request
+        (``async with pool.slot():``)."""
+        return Slot(self)
 
     def take_free_slot(self) -> bool:
         """Take a slot if one is free with nobody waiting (no coroutine: the common case)."""

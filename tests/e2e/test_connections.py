@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config.compile import ConnectionLimits
-from gateway.downstream import PIPELINE_HIGH_WATER, ClientConnection
+from gateway.downstream import PIPELINE_HIGH_WATER, WORKER_NAME, ClientConnection
 from tests.e2e.wire import IO_TIMEOUT, RawResponse, open_raw, read_response, request_head
 from tests.support import RunningGateway, Upstream, echo_upstream, running_gateway, write_config
 
@@ -202,11 +202,7 @@ async def test_the_short_way_and_aiohttps_server_give_the_same_answer_to_the_sam
 
 def workers() -> list[asyncio.Task[object]]:
     """The tasks serving the short way's connections (one a connection, while it lives)."""
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if getattr(task.get_coro(), "__qualname__", "") == "ClientConnection._work"
-    ]
+    return [task for task in asyncio.all_tasks() if task.get_name() == WORKER_NAME]
 
 
 async def until_no_workers() -> list[asyncio.Task[object]]:
