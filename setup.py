@@ -48,6 +48,7 @@ COMPILED = [
     "gateway/pipeline/identity.py",
     "gateway/pipeline/ingress.py",
     "gateway/pipeline/authorize.py",
+    "gateway/pipeline/cors.py",
     "gateway/pipeline/decision.py",
     "gateway/pipeline/verify/claims.py",
     "gateway/pipeline/verify/jwt.py",
@@ -59,6 +60,7 @@ COMPILED = [
     "gateway/upstream/forward.py",
     "gateway/upstream/headers.py",
     "gateway/upstream/http1.py",
+    "gateway/upstream/websocket.py",
 ]
 
 # The commands that build extensions; the others (metadata, sdist) need no compiling.

@@ -107,6 +107,9 @@ class ClientConnection(asyncio.Protocol):
         self.ssl_context = None
         self.peername: object = None
         self.sockname: object = None
+        # request.remote, worked out once a connection as aiohttp's request would work it out
+        # (each request's own look-up cost more than the rest of its making).
+        self._remote: str | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -114,8 +117,12 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         tcp_nodelay(self.transport, True)
         tcp_keepalive(self.transport)
-        self.peername = transport.get_extra_info("peername")
+        self.peername = peer = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")
+        if isinstance(peer, (list, tuple)):
+            self._remote = str(peer[0])
+        elif peer is not None:
+            self._remote = str(peer)
         self._registry.add(self)
         self._idle()
 
@@ -269,6 +276,7 @@ class ClientConnection(asyncio.Protocol):
             StreamWriter(self, loop),  # type: ignore[arg-type]
             task,
             loop,
+            remote=self._remote,
         )
         keep_alive = False
         try:
