@@ -38,8 +38,10 @@ from typing import Any
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# The modules every request runs through; the rest of the package (configuration, command line,
-# admin, discovery) runs once or rarely and stays interpreted.
+# The modules every request runs through. The rest of the package stays interpreted: the
+# configuration, command line, admin and discovery run once or rarely; of the request path,
+# routing.py, jwks.py, token_cache.py and server.py's handed-over connections are not compiled
+# (bench/RESULTS.md says what keeps each out).
 COMPILED = [
     "gateway/observe/logs.py",
     "gateway/observe/metrics.py",

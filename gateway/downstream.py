@@ -164,7 +164,7 @@ class ClientConnection(asyncio.Protocol):
             raise ClientConnectionResetError("Connection lost")
         if not self._paused:
             return
-        if self._drain_waiter is None:
+        if self._drain_waiter is None or self._drain_waiter.done():
             self._drain_waiter = self._loop.create_future()
         await self._drain_waiter
 
@@ -177,7 +177,9 @@ class ClientConnection(asyncio.Protocol):
         if exc is None:
             waiter.set_result(None)
         else:
-            waiter.set_exception(ConnectionError("Connection lost"))
+            error = ConnectionError("Connection lost")
+            error.__cause__ = exc
+            waiter.set_exception(error)
 
     def _pause_transport_reading(self) -> None:
         if self.transport is not None:

@@ -1,5 +1,7 @@
 """A request's way through the gateway: ingress -> route -> extract -> verify -> authorize ->
-forward -> observe. Each step lives in its own module; this one only puts them in order.
+forward -> observe. Each step lives in its own module; this one puts them in order
+(:class:`Gateway`, one a configuration) and holds the public listener's handler
+(:class:`Listener`: the current gateway, the requests in flight, the drain).
 """
 
 from __future__ import annotations

@@ -334,6 +334,7 @@ class GatewayServer:
 
     @property
     def stopping(self) -> bool:
+        """Draining: set by :meth:`stop`."""
         return self.listener.stopping
 
     def not_ready(self) -> list[str]:

@@ -349,3 +349,72 @@ async def test_a_worker_cancelled_while_idle_does_not_stop_the_connection_servin
             await asyncio.sleep(0.01)
     connection.connection_lost(None)
     assert await until_no_workers() == []
+
+
+CHUNK = 100_000  # more than aiohttp's writer sends before it waits for the transport (64 KiB)
+
+
+def two_chunks(
+    outcome: list[BaseException | None],
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+    """A handler streaming two chunks of ``CHUNK`` bytes; how it ended goes to ``outcome``."""
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        try:
+            await response.prepare(request)
+            for _ in range(2):
+                await response.write(b"x" * CHUNK)
+            await response.write_eof()
+        except BaseException as error:
+            outcome.append(error)
+            raise
+        outcome.append(None)
+        return response
+
+    return handler
+
+
+async def first_chunk_sent(transport: _Transport) -> None:
+    async with asyncio.timeout(IO_TIMEOUT):
+        while transport.written.count(b"x") < CHUNK:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # time enough for a second chunk to follow, were it not held
+
+
+async def test_a_streamed_answer_waits_while_the_transport_is_full_and_goes_on_when_it_drains() -> (
+    None
+):
+    outcome: list[BaseException | None] = []
+    connection, transport = short_way(two_chunks(outcome))
+    connection.pause_writing()  # the kernel's buffer is full: the client reads slowly
+    connection.data_received(request_head("GET", "/open/x", "gw"))
+    await first_chunk_sent(transport)
+    assert transport.written.count(b"x") == CHUNK  # the second chunk waits
+    assert outcome == []
+    connection.resume_writing()
+    async with asyncio.timeout(IO_TIMEOUT):
+        while not outcome:
+            await asyncio.sleep(0.01)
+    assert outcome == [None]
+    assert transport.written.count(b"x") == 2 * CHUNK
+    assert transport.written.endswith(b"0\r\n\r\n")  # the whole chunked body
+    assert not transport.closed  # kept alive for the next request
+    connection.connection_lost(None)
+    assert await until_no_workers() == []
+
+
+@pytest.mark.parametrize("cause", [None, ConnectionResetError("reset by peer")])
+async def test_a_client_lost_while_its_answer_waits_for_the_transport_leaves_no_task_behind(
+    cause: BaseException | None,
+) -> None:
+    outcome: list[BaseException | None] = []
+    connection, transport = short_way(two_chunks(outcome))
+    connection.pause_writing()
+    connection.data_received(request_head("GET", "/open/x", "gw"))
+    await first_chunk_sent(transport)
+    connection.connection_lost(cause)
+    assert await until_no_workers() == []
+    (error,) = outcome
+    assert isinstance(error, ConnectionError)  # the handler's write failed: nothing hangs
+    assert transport.written.count(b"x") == CHUNK
