@@ -306,14 +306,22 @@ def process_tree(root: int) -> list[int]:
 
 def cpu_seconds(root: int) -> float:
     """CPU time (user + system) of ``root``'s process tree, including reaped children."""
-    total = 0
+    return sum(cpu_split(root))
+
+
+def cpu_split(root: int) -> tuple[float, float]:
+    """CPU time of ``root``'s process tree, including reaped children: (user, system). The
+    system part is the kernel's work for the process, its socket reads and writes above all."""
+    user = system = 0
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields is None:
             continue
         # utime, stime, cutime, cstime: fields 14-17 of proc(5), 12-15 here.
-        total += sum(int(value) for value in fields[11:15])
-    return total / CLK_TCK
+        utime, stime, cutime, cstime = (int(value) for value in fields[11:15])
+        user += utime + cutime
+        system += stime + cstime
+    return user / CLK_TCK, system / CLK_TCK
 
 
 @dataclass
@@ -670,6 +678,7 @@ class Sample:
     cpu_s: float
     wall_s: float
     cache: dict[str, float]  # gateway_token_cache_total deltas, by "<cache>_<result>"
+    system_s: float = 0.0  # the part of cpu_s spent in the kernel
 
 
 @dataclass
@@ -684,6 +693,7 @@ class Row:
     p50_ms: float = float("nan")
     p99_ms: float = float("nan")
     cpu_us_per_request: float = float("nan")
+    system_us_per_request: float = float("nan")  # the kernel's part of cpu_us_per_request
     cpu_percent: float = float("nan")
     non_2xx: float = 0.0
     socket_errors: float = 0.0
@@ -699,6 +709,7 @@ class Row:
         self.p50_ms, self.p99_ms = median.p50_ms, median.p99_ms
         if median.requests:
             self.cpu_us_per_request = median.cpu_s / median.requests * 1e6
+            self.system_us_per_request = median.system_s / median.requests * 1e6
         self.cpu_percent = 100.0 * median.cpu_s / median.wall_s
         self.non_2xx = sum(s.non_2xx for s in samples)
         self.socket_errors = sum(s.socket_errors for s in samples)
@@ -782,9 +793,10 @@ class Bench:
             load(self.args.warmup)
         pid = server.service.process.pid
         before_cache = cache_counts(server.admin)
-        before_cpu, started = cpu_seconds(pid), time.monotonic()
+        before_cpu, started = cpu_split(pid), time.monotonic()
         figures = load(self.args.duration)
-        cpu, wall = cpu_seconds(pid) - before_cpu, time.monotonic() - started
+        after_cpu, wall = cpu_split(pid), time.monotonic() - started
+        cpu = sum(after_cpu) - sum(before_cpu)
         after_cache = cache_counts(server.admin)
         if not server.service.alive():
             raise RuntimeError(f"{server.name} exited during the run: {server.service.log_tail()}")
@@ -796,6 +808,7 @@ class Bench:
             non_2xx=figures["non_2xx"],
             socket_errors=figures["socket_errors"],
             cpu_s=cpu,
+            system_s=after_cpu[1] - before_cpu[1],
             wall_s=wall,
             cache={k: v - before_cache.get(k, 0.0) for k, v in after_cache.items()},
         )
@@ -1116,21 +1129,22 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     ]
     titles = [title for _, title in BASELINES]
     lines.append(
-        "| target | mix | req/s | p50 ms | p99 ms | CPU µs/req | target CPU % | "
+        "| target | mix | req/s | p50 ms | p99 ms | CPU µs/req | of which kernel | target CPU % | "
         + " | ".join(titles)
         + " | check | notes |"
     )
-    lines.append("|" + "---|" * (9 + len(titles)))
+    lines.append("|" + "---|" * (10 + len(titles)))
     for row in rows:
         if row.status != "ok":
-            cells = [row.label, row.mix, row.status] + ["–"] * (4 + len(titles)) + [row.check, ""]
+            cells = [row.label, row.mix, row.status] + ["–"] * (5 + len(titles)) + [row.check, ""]
         else:
             ratios = [
                 f"{row.ratios[key]:.2f}×" if key in row.ratios else "–" for key, _ in BASELINES
             ]
             cells = [
                 row.label, row.mix, _num(row.rps), _num(row.p50_ms, 2), _num(row.p99_ms, 2),
-                _num(row.cpu_us_per_request), _num(row.cpu_percent), *ratios, row.check,
+                _num(row.cpu_us_per_request), _num(row.system_us_per_request),
+                _num(row.cpu_percent), *ratios, row.check,
                 row.notes,
             ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
