@@ -128,3 +128,14 @@ def test_the_newest_answers_are_kept_when_the_active_space_is_full() -> None:
         True,
         True,
     ]
+
+
+def test_expired_answers_no_request_asks_for_again_leave_memory_as_new_ones_come() -> None:
+    clock = Clock()
+    cache = AnswerCache(10, clock=clock)
+    for index in range(5):
+        cache.put(f"old-{index}", ACTIVE, 10)
+    clock.now += 11
+    for index in range(5):
+        cache.put(f"new-{index}", ACTIVE, 300)
+    assert len(cache) == 5  # the five expired ones swept, though never looked up

@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-from cachetools import TLRUCache
 
 from gateway.digest import token_digest
 from gateway.observe.logs import get_logger
@@ -58,20 +57,52 @@ def answer_ttl(answer: Answer, *, now: float, cache_ttl: float, negative_cache_t
     return max(0.0, min(cache_ttl, float(exp) - now))
 
 
+class _Space(OrderedDict[str, _Entry]):
+    """Entries by key, least recently used first out when full. An entry is never returned
+    past its ``expires_at``: it is dropped when met so, and those left are swept every
+    ``maxsize`` insertions, so that none outlives its time for long in memory either.
+    (cachetools' TLRUCache, used before, ran about 170 bytecodes a hit: on the introspected
+    route, more than the rest of the token's check.)"""
+
+    def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+        self._clock = clock
+        self._inserted = 0
+
+    def lookup(self, key: str) -> _Entry | None:
+        entry = self.get(key)
+        if entry is None:
+            return None
+        if entry.expires_at <= self._clock():
+            del self[key]
+            return None
+        self.move_to_end(key)
+        return entry
+
+    def keep(self, key: str, entry: _Entry) -> None:
+        self[key] = entry
+        self.move_to_end(key)
+        if len(self) > self.maxsize:
+            self.popitem(last=False)
+        self._inserted += 1
+        if self._inserted % max(self.maxsize, 1) == 0:
+            now = self._clock()
+            for stale in [k for k, e in self.items() if e.expires_at <= now]:
+                del self[stale]
+
+
 class AnswerCache:
     """The in-process cache of one issuer's answers: active and inactive kept apart."""
 
     def __init__(self, size: int, *, clock: Callable[[], float] = time.time) -> None:
-        def expiry(key: str, entry: _Entry, now: float) -> float:
-            return entry.expires_at
-
         negative_size = max(MIN_NEGATIVE_ENTRIES, int(size * NEGATIVE_SHARE))
         self._clock = clock
-        self._active: TLRUCache[str, _Entry] = TLRUCache(size, ttu=expiry, timer=clock)
-        self._inactive: TLRUCache[str, _Entry] = TLRUCache(negative_size, ttu=expiry, timer=clock)
+        self._active = _Space(size, clock)
+        self._inactive = _Space(negative_size, clock)
 
     def get(self, key: str) -> Answer | None:
-        entry = self._active.get(key) or self._inactive.get(key)
+        entry = self._active.lookup(key) or self._inactive.lookup(key)
         return entry.answer if entry is not None else None
 
     def put(self, key: str, answer: Answer, ttl: float) -> None:
@@ -80,10 +111,10 @@ class AnswerCache:
         entry = _Entry(answer, self._clock() + ttl)
         if answer.get("active") is True:
             self._inactive.pop(key, None)
-            self._active[key] = entry
+            self._active.keep(key, entry)
         else:
             self._active.pop(key, None)
-            self._inactive[key] = entry
+            self._inactive.keep(key, entry)
 
     def __len__(self) -> int:
         return len(self._active) + len(self._inactive)
