@@ -2,7 +2,7 @@
 
 The modules in ``COMPILED`` are the ones a request runs through. They are ordinary Python, checked
 by ``mypy --strict``; mypyc (the compiler mypy itself ships as) turns each into a C extension
-that runs the same code without the interpreter's bytecode loop: 25-28 % fewer instructions
+that runs the same code without the interpreter's bytecode loop: 25-27 % fewer instructions
 a request on the public and cached-token routes, 16 % on a token's first check (bench/RESULTS.md,
 the callgrind section). The rest of the package, and every module when nothing is compiled,
 runs as plain Python.
