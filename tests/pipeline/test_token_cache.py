@@ -133,9 +133,44 @@ def test_the_newest_answers_are_kept_when_the_active_space_is_full() -> None:
 def test_expired_answers_no_request_asks_for_again_leave_memory_as_new_ones_come() -> None:
     clock = Clock()
     cache = AnswerCache(10, clock=clock)
+    cache.put("live", ACTIVE, 300)  # at the old end, and alive: no expired one is behind it
     for index in range(5):
         cache.put(f"old-{index}", ACTIVE, 10)
     clock.now += 11
-    for index in range(5):
+    for index in range(4):
         cache.put(f"new-{index}", ACTIVE, 300)
     assert len(cache) == 5  # the five expired ones swept, though never looked up
+
+
+def test_an_answer_asked_for_is_kept_over_one_put_in_after_it_when_the_space_is_full() -> None:
+    cache = AnswerCache(3)
+    for key in ("a", "b", "c"):
+        cache.put(key, ACTIVE, 300)
+    assert cache.get("a") is not None  # now the most recently used
+    cache.put("d", ACTIVE, 300)
+    assert [cache.get(key) is not None for key in ("a", "b", "c", "d")] == [
+        True,
+        False,
+        True,
+        True,
+    ]
+
+
+def test_expired_answers_at_the_old_end_leave_as_a_new_one_comes_in() -> None:
+    clock = Clock()
+    cache = AnswerCache(3, clock=clock)
+    cache.put("old-1", ACTIVE, 10)
+    cache.put("old-2", ACTIVE, 10)
+    cache.put("live", ACTIVE, 300)
+    clock.now += 11
+    cache.put("new", ACTIVE, 300)
+    assert len(cache) == 2  # both expired ones gone, not only the one a full space evicts
+    assert cache.get("live") is not None
+
+
+@pytest.mark.parametrize("ttl", [float("nan"), -1.0, 0.0])
+def test_an_answer_with_no_usable_time_to_live_is_not_kept(ttl: float) -> None:
+    cache = AnswerCache(10)
+    cache.put("k", ACTIVE, ttl)
+    assert cache.get("k") is None
+    assert len(cache) == 0

@@ -58,11 +58,15 @@ def answer_ttl(answer: Answer, *, now: float, cache_ttl: float, negative_cache_t
 
 
 class _Space(OrderedDict[str, _Entry]):
-    """Entries by key, least recently used first out when full. An entry is never returned
-    past its ``expires_at``: it is dropped when met so, and those left are swept every
-    ``maxsize`` insertions, so that none outlives its time for long in memory either.
-    (cachetools' TLRUCache, used before, ran about 170 bytecodes a hit: on the introspected
-    route, more than the rest of the token's check.)"""
+    """Entries by key, least recently used first out when full; an entry is never returned
+    once its ``expires_at`` has come (nor one whose time cannot be compared: fail closed).
+
+    What expired leaves memory three ways: dropped when a look-up meets it; dropped from the
+    least recently used end, a couple at most, as each new entry comes in; and swept from the
+    whole space every ``maxsize`` insertions (so that none lingers behind live entries for
+    longer than a turn of the space). (cachetools' TLRUCache, used before, ran about 170
+    interpreted bytecodes a hit; this module stays interpreted: an OrderedDict subclass is no
+    class for mypyc, and the tests walk the spaces as mappings.)"""
 
     def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
         super().__init__()
@@ -74,21 +78,26 @@ class _Space(OrderedDict[str, _Entry]):
         entry = self.get(key)
         if entry is None:
             return None
-        if entry.expires_at <= self._clock():
+        if not self._clock() < entry.expires_at:
             del self[key]
             return None
         self.move_to_end(key)
         return entry
 
     def keep(self, key: str, entry: _Entry) -> None:
+        now = self._clock()
+        for _ in range(2):  # the oldest, if expired, go before any live entry is evicted
+            oldest = next(iter(self.values()), None)
+            if oldest is None or now < oldest.expires_at:
+                break
+            self.popitem(last=False)
         self[key] = entry
         self.move_to_end(key)
         if len(self) > self.maxsize:
             self.popitem(last=False)
         self._inserted += 1
         if self._inserted % max(self.maxsize, 1) == 0:
-            now = self._clock()
-            for stale in [k for k, e in self.items() if e.expires_at <= now]:
+            for stale in [k for k, e in self.items() if not now < e.expires_at]:
                 del self[stale]
 
 
@@ -106,7 +115,7 @@ class AnswerCache:
         return entry.answer if entry is not None else None
 
     def put(self, key: str, answer: Answer, ttl: float) -> None:
-        if ttl <= 0:
+        if not ttl > 0:  # NaN too: a time that cannot be compared is no time to keep it
             return
         entry = _Entry(answer, self._clock() + ttl)
         if answer.get("active") is True:
