@@ -304,11 +304,6 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(root: int) -> float:
-    """CPU time (user + system) of ``root``'s process tree, including reaped children."""
-    return sum(cpu_split(root))
-
-
 def cpu_split(root: int) -> tuple[float, float]:
     """CPU time of ``root``'s process tree, including reaped children: (user, system). The
     system part is the kernel's work for the process, its socket reads and writes above all."""
