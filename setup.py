@@ -53,6 +53,7 @@ COMPILED = [
     "gateway/pipeline/cors.py",
     "gateway/pipeline/decision.py",
     "gateway/pipeline/verify/claims.py",
+    "gateway/pipeline/verify/expiring.py",
     "gateway/pipeline/verify/jwt.py",
     "gateway/pipeline/verify/tokens.py",
     "gateway/digest.py",

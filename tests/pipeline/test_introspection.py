@@ -25,6 +25,7 @@ from gateway.config import ConfigError, load_and_compile
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
 from gateway.pipeline.verify.discovery import IssuerMetadata
+from gateway.pipeline.verify.expiring import ExpiringLru
 from gateway.pipeline.verify.fetch import MAX_DOCUMENT_BYTES
 from gateway.pipeline.verify.introspection import (
     MAX_CONCURRENT_CALLS,
@@ -316,7 +317,7 @@ def patient(server: AuthorizationServer, session: aiohttp.ClientSession) -> Subj
 def stored_items(cache: AnswerCache) -> Iterator[tuple[Any, Any]]:
     """Every (key, value) the cache holds, in whichever of its spaces."""
     for space in vars(cache).values():
-        if isinstance(space, Mapping):
+        if isinstance(space, ExpiringLru):
             yield from space.items()
 
 

@@ -10,12 +10,11 @@ from hypothesis import strategies as st
 from gateway.digest import token_digest
 from gateway.observe.metrics import Metrics
 from gateway.pipeline.decision import Denial, VerifiedToken
+from gateway.pipeline.verify.expiring import SLOT_SECONDS, ExpiringLru
 from gateway.pipeline.verify.jwks import KeySet, KeyStore, SigningKey
 from gateway.pipeline.verify.jwt import (
-    SWEEP_EVERY,
     JwtVerifier,
     _Verified,
-    _VerifiedCache,
     issuer_keys,
     signature_ok,
 )
@@ -232,30 +231,29 @@ async def test_a_token_verified_again_after_a_key_rotation_keeps_one_signature_c
     assert subject.signature_checks == 1
 
 
-def test_expired_entries_are_swept_from_memory_even_if_never_looked_up_again() -> None:
-    clock = Clock()
-    cache = _VerifiedCache(100_000, clock)
+def verified_entry(expires: float) -> _Verified:
     token = VerifiedToken(issuer="corp", claims={}, scopes=frozenset())
+    return _Verified(token, cast(SigningKey, None), KeySet(), expires, NOW)
 
-    def entry(expires: float) -> _Verified:
-        return _Verified(token, cast(SigningKey, None), KeySet(), expires, NOW)
 
+def test_expired_entries_leave_memory_even_if_never_looked_up_again() -> None:
+    clock = Clock()
+    cache: ExpiringLru[bytes, _Verified] = ExpiringLru(100_000, clock)
     for n in range(10):
-        cache[b"short-%d" % n] = entry(NOW + 1)
-    clock.now = NOW + 2
-    for n in range(SWEEP_EVERY - 10):
-        cache[b"long-%d" % n] = entry(NOW + 3600)
-    assert len(cache) == SWEEP_EVERY - 10
+        cache.put(b"short-%d" % n, verified_entry(NOW + 1), NOW + 1)
+    clock.now = NOW + 1 + SLOT_SECONDS
+    for n in range(10):
+        cache.put(b"long-%d" % n, verified_entry(NOW + 3600), NOW + 3600)
+    assert len(cache) == 10
 
 
 def test_the_least_recently_used_entry_goes_first_when_the_cache_is_full() -> None:
-    cache = _VerifiedCache(2, Clock())
-    token = VerifiedToken(issuer="corp", claims={}, scopes=frozenset())
-    entry = _Verified(token, cast(SigningKey, None), KeySet(), NOW + 3600, NOW)
-    cache[b"a"] = entry
-    cache[b"b"] = entry
+    cache: ExpiringLru[bytes, _Verified] = ExpiringLru(2, Clock())
+    entry = verified_entry(NOW + 3600)
+    cache.put(b"a", entry, entry.expires)
+    cache.put(b"b", entry, entry.expires)
     assert cache.get(b"a") is entry  # "b" is now the least recently used
-    cache[b"c"] = entry
+    cache.put(b"c", entry, entry.expires)
     assert cache.get(b"b") is None
     assert cache.get(b"a") is entry and cache.get(b"c") is entry
 

@@ -14,7 +14,6 @@ import re
 import string
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +29,7 @@ from gateway.observe.metrics import Metrics
 
 from ..decision import Denial, VerifiedToken
 from .claims import claim_type_denial, lifetime_denial, malformed, parse_scopes
+from .expiring import ExpiringLru
 from .jwks import KeySet, KeySource, SigningKey
 
 # joserfc warns on every EdDSA verification that RFC 9864 deprecates the name "EdDSA" for
@@ -41,8 +41,6 @@ warnings.filterwarnings("ignore", message="EdDSA is deprecated", category=Securi
 VERIFIED_CACHE_SIZE = 10_000
 # Decoded token headers remembered, and what each allows (an issuer's tokens share a few).
 HEADERS_REMEMBERED = 256
-# Insertions into the verified-token cache between two sweeps of its expired entries.
-SWEEP_EVERY = 1024
 
 # Matched with `fullmatch`: `$` would also accept a trailing newline ("abc\n"), which
 # base64 decoding then silently drops, so two different strings would read as one segment.
@@ -216,45 +214,6 @@ class _Verified:
         self.valid_from = valid_from
 
 
-class _VerifiedCache:
-    """Verified tokens by digest: least recently used first out when full, and no entry used
-    past its token's ``exp`` (plus leeway). Expired entries are dropped when met and swept
-    every ``SWEEP_EVERY`` insertions, so none outlives its token for long in memory either.
-    (cachetools' TLRUCache does the same at six times the cost of a hit.)"""
-
-    def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
-        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
-        self._maxsize = maxsize
-        self._clock = clock
-        self._inserted = 0
-
-    def get(self, digest: bytes) -> _Verified | None:
-        entries = self._entries
-        entry = entries.get(digest)
-        if entry is None:
-            return None
-        if entry.expires <= self._clock():
-            del entries[digest]
-            return None
-        entries.move_to_end(digest)
-        return entry
-
-    def __setitem__(self, digest: bytes, entry: _Verified) -> None:
-        entries = self._entries
-        entries[digest] = entry
-        entries.move_to_end(digest)
-        if len(entries) > self._maxsize:
-            entries.popitem(last=False)
-        self._inserted += 1
-        if self._inserted % SWEEP_EVERY == 0:
-            now = self._clock()
-            for stale in [d for d, e in entries.items() if e.expires <= now]:
-                del entries[stale]
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 SignatureCheck = Callable[[JWSAlgModel, bytes, bytes, SigningKey], bool]
 
 
@@ -294,7 +253,7 @@ class JwtVerifier:
             self._by_iss.setdefault(keys.issuer, []).append(keys)
         self._clock = clock
         self._metrics = metrics
-        self._verified = _VerifiedCache(cache_size, clock)
+        self._verified: ExpiringLru[bytes, _Verified] = ExpiringLru(cache_size, clock)
         # What a header allows for an issuer, while its key set is the one published: by the
         # issuer's name and the header segment (_signers).
         self._signers: dict[tuple[str, str], tuple[KeySet, _Signers]] = {}
@@ -328,9 +287,8 @@ class JwtVerifier:
             # revoked) takes its tokens with it.
             if not any(key is entry.key for key in published.keys):
                 return None
-            self._verified[digest] = _Verified(
-                verified, entry.key, published, entry.expires, entry.valid_from
-            )
+            renewed = _Verified(verified, entry.key, published, entry.expires, entry.valid_from)
+            self._verified.put(digest, renewed, entry.expires)
         if self._hits is not None:
             assert self._metrics is not None
             self._metrics.tally.inc(self._hits)
@@ -400,7 +358,7 @@ class JwtVerifier:
         for issuer in candidates:
             result = await self._verify_with(issuer, token, parts[0], header, payload)
             if isinstance(result, _Verified):
-                self._verified[digest] = result
+                self._verified.put(digest, result, result.expires)
                 # Within [valid_from, expires) the lifetime is surely good, as in `cached`;
                 # anywhere else lifetime_denial says whether it is, and why not.
                 if (

@@ -12,15 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.digest import token_digest
 from gateway.observe.logs import get_logger
 
 from .claims import is_number
+from .expiring import ExpiringLru
 
 log = get_logger("gateway.cache")
 
@@ -34,12 +33,6 @@ MIN_NEGATIVE_ENTRIES = 1024
 def cache_key(issuer: str, token: str) -> str:
     """The one name of a token in every cache: it cannot be turned back into the token."""
     return token_digest(f"{issuer}\0{token}").hex()
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    answer: Answer
-    expires_at: float
 
 
 def answer_ttl(answer: Answer, *, now: float, cache_ttl: float, negative_cache_ttl: float) -> float:
@@ -57,73 +50,29 @@ def answer_ttl(answer: Answer, *, now: float, cache_ttl: float, negative_cache_t
     return max(0.0, min(cache_ttl, float(exp) - now))
 
 
-class _Space(OrderedDict[str, _Entry]):
-    """Entries by key, least recently used first out when full; an entry is never returned
-    once its ``expires_at`` has come (nor one whose time cannot be compared: fail closed).
-
-    What expired leaves memory three ways: dropped when a look-up meets it; dropped from the
-    least recently used end, a couple at most, as each new entry comes in; and swept from the
-    whole space every ``maxsize`` insertions (so that none lingers behind live entries for
-    longer than a turn of the space). (cachetools' TLRUCache, used before, ran about 170
-    interpreted bytecodes a hit; this module stays interpreted: an OrderedDict subclass is no
-    class for mypyc, and the tests walk the spaces as mappings.)"""
-
-    def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
-        super().__init__()
-        self.maxsize = maxsize
-        self._clock = clock
-        self._inserted = 0
-
-    def lookup(self, key: str) -> _Entry | None:
-        entry = self.get(key)
-        if entry is None:
-            return None
-        if not self._clock() < entry.expires_at:
-            del self[key]
-            return None
-        self.move_to_end(key)
-        return entry
-
-    def keep(self, key: str, entry: _Entry) -> None:
-        now = self._clock()
-        for _ in range(2):  # the oldest, if expired, go before any live entry is evicted
-            oldest = next(iter(self.values()), None)
-            if oldest is None or now < oldest.expires_at:
-                break
-            self.popitem(last=False)
-        self[key] = entry
-        self.move_to_end(key)
-        if len(self) > self.maxsize:
-            self.popitem(last=False)
-        self._inserted += 1
-        if self._inserted % max(self.maxsize, 1) == 0:
-            for stale in [k for k, e in self.items() if not now < e.expires_at]:
-                del self[stale]
-
-
 class AnswerCache:
     """The in-process cache of one issuer's answers: active and inactive kept apart."""
 
     def __init__(self, size: int, *, clock: Callable[[], float] = time.time) -> None:
         negative_size = max(MIN_NEGATIVE_ENTRIES, int(size * NEGATIVE_SHARE))
         self._clock = clock
-        self._active = _Space(size, clock)
-        self._inactive = _Space(negative_size, clock)
+        self._active: ExpiringLru[str, Answer] = ExpiringLru(size, clock)
+        self._inactive: ExpiringLru[str, Answer] = ExpiringLru(negative_size, clock)
 
     def get(self, key: str) -> Answer | None:
-        entry = self._active.lookup(key) or self._inactive.lookup(key)
-        return entry.answer if entry is not None else None
+        answer = self._active.get(key)
+        return answer if answer is not None else self._inactive.get(key)
 
     def put(self, key: str, answer: Answer, ttl: float) -> None:
         if not ttl > 0:  # NaN too: a time that cannot be compared is no time to keep it
             return
-        entry = _Entry(answer, self._clock() + ttl)
+        expires = self._clock() + ttl
         if answer.get("active") is True:
-            self._inactive.pop(key, None)
-            self._active.keep(key, entry)
+            self._inactive.discard(key)
+            self._active.put(key, answer, expires)
         else:
-            self._active.pop(key, None)
-            self._inactive.keep(key, entry)
+            self._active.discard(key)
+            self._inactive.put(key, answer, expires)
 
     def __len__(self) -> int:
         return len(self._active) + len(self._inactive)
