@@ -309,9 +309,13 @@ async def bare_httptools(upstream: int | None) -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def gateway(workdir: Path, upstream: int, log_level: str) -> AsyncIterator[int]:
+async def gateway(
+    workdir: Path, upstream: int, log_level: str, settle_heap: bool = False
+) -> AsyncIterator[int]:
     """GatewayServer on ephemeral loopback ports, from compare.py's configuration, loaded and
-    compiled the way `gateway run` does it; its introspection endpoint runs here too."""
+    compiled the way `gateway run` does it; its introspection endpoint runs here too.
+    ``settle_heap``: as `gateway run` starts it (bench/heap.py; callgrind's counts leave it
+    out, as its one full collection would count in no request)."""
     from gateway.config import load_and_compile
     from gateway.observe.logs import configure_logging
     from gateway.server import Address, GatewayServer
@@ -329,7 +333,12 @@ async def gateway(workdir: Path, upstream: int, log_level: str) -> AsyncIterator
         )
     )  # fmt: skip
     compiled, _ = load_and_compile(config)
-    server = GatewayServer(compiled, public=Address("127.0.0.1", 0), admin=Address("127.0.0.1", 0))
+    server = GatewayServer(
+        compiled,
+        public=Address("127.0.0.1", 0),
+        admin=Address("127.0.0.1", 0),
+        settle_heap=settle_heap,
+    )
     await server.start()
     try:
         yield server.public_port
@@ -345,6 +354,7 @@ async def drive(
     requests: int,
     warmup: int,
     mark: Callable[[], object] = os.getloadavg,
+    settle_heap: bool = False,
 ) -> None:
     """Warm up, then send ``requests`` measured requests between two calls of ``mark``."""
     async with contextlib.AsyncExitStack() as stack:
@@ -359,7 +369,7 @@ async def drive(
             port = await stack.enter_async_context(bare_httptools(proxy_to))
         else:
             port = await stack.enter_async_context(
-                gateway(workdir, upstream_port, target.log_level)
+                gateway(workdir, upstream_port, target.log_level, settle_heap)
             )
         head = f"GET {target.path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         tokens: list[str | None] = [None]

@@ -217,7 +217,7 @@ def _run(compiled: CompiledConfig, args: argparse.Namespace) -> int:
         asyncio.run(supervisor.run())
         return EXIT_OK
     if args.worker_of is None:
-        server = GatewayServer(compiled, config_path=args.config)
+        server = GatewayServer(compiled, config_path=args.config, settle_heap=True)
     else:
         # A worker: the supervisor serves the admin listener and watches the file.
         listen = Address.parse(compiled.config.listen)
@@ -228,6 +228,7 @@ def _run(compiled: CompiledConfig, args: argparse.Namespace) -> int:
             serve_admin=False,
             reuse_port=True,
             ready_file=args.worker_of / f"{os.getpid()}.ready",
+            settle_heap=True,
         )
         args.watch = None
     asyncio.run(serve_forever(server, watch=args.watch))
