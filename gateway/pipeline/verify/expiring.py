@@ -21,8 +21,9 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 # An expired entry stays in memory at most this long past its time, while new ones come in
-# (never returned meanwhile). Longer slots, fewer of them: a slot waits, empty or not, until its
-# time has passed, so tokens living a day make at most 8,640.
+# (never returned meanwhile). A slot left empty (its entries evicted or replaced) is dropped at
+# once, and the heap rebuilt when such numbers outnumber the live slots: however long tokens
+# live, there are never more slots than entries.
 SLOT_SECONDS = 10.0
 # More than one a new entry, so that expired entries leave faster than new ones come.
 EXPIRED_PER_PUT = 4
@@ -111,9 +112,16 @@ class ExpiringLru(Generic[K, V]):
     def _unfile(self, key: K, expires: float) -> None:
         if expires == math.inf:
             return
-        members = self._slots.get(math.floor(expires / SLOT_SECONDS))
+        slot = math.floor(expires / SLOT_SECONDS)
+        members = self._slots.get(slot)
         if members is not None:
             members.discard(key)
+            if not members:
+                del self._slots[slot]  # its number stays in the heap, skipped when popped
+                if len(self._due) > 2 * len(self._slots) + 64:
+                    self._due = list(self._slots)
+                    heapq.heapify(self._due)
+                    self._next_due = (self._due[0] + 1) * SLOT_SECONDS if self._due else math.inf
         # A key in the slot being drained stays there: it is checked again when its turn comes.
 
     def _expire(self, now: float) -> None:
@@ -127,7 +135,11 @@ class ExpiringLru(Generic[K, V]):
                     del self._entries[key]
                 budget -= 1
             elif self._next_due <= now:
-                self._draining = self._slots.pop(heapq.heappop(self._due))
+                members = self._slots.pop(heapq.heappop(self._due), None)
                 self._next_due = (self._due[0] + 1) * SLOT_SECONDS if self._due else math.inf
+                if members is None:
+                    budget -= 1  # a slot emptied meanwhile costs a turn too: bounded work a put
+                else:
+                    self._draining = members
             else:
                 return
