@@ -79,13 +79,20 @@ async def test_garbage_left_before_the_start_is_collected_at_the_start(
         gc.enable()
 
 
+async def start_then_drop(server: GatewayServer) -> weakref.ref[Cycle]:
+    """Start ``server`` while a cycle lives, then make the cycle garbage: a reference to it
+    that says whether a collection has freed it."""
+    alive = Cycle()
+    ref = weakref.ref(alive)
+    await server.start()
+    del alive
+    return ref
+
+
 async def test_what_lives_at_the_start_is_not_walked_by_later_collections(
     settled: GatewayServer,
 ) -> None:
-    alive = Cycle()
-    ref = weakref.ref(alive)
-    await settled.start()
-    del alive
+    ref = await start_then_drop(settled)
     gc.collect()
     assert ref() is not None  # out of the collector's sight: not even seen to be garbage
 
@@ -93,10 +100,7 @@ async def test_what_lives_at_the_start_is_not_walked_by_later_collections(
 async def test_a_reload_gives_the_collector_back_what_the_start_hid(
     settled: GatewayServer,
 ) -> None:
-    alive = Cycle()
-    ref = weakref.ref(alive)
-    await settled.start()
-    del alive
+    ref = await start_then_drop(settled)
     assert await settled.reload()
     for _ in range(100):  # the old configuration retires once its requests are done
         if ref() is None:
