@@ -9,19 +9,19 @@ route does not accept.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cachetools import LRUCache
-
 from gateway.digest import token_digest
 
 from ..decision import Denial, VerifiedToken
 from ..extract import is_b64token, not_b64token
 from .claims import lifetime_denial, malformed
+from .expiring import ExpiringLru
 from .introspection import Introspector, judge_answer
 from .jwt import JwtVerifier, unverified_issuer
 from .token_cache import Answer
@@ -90,8 +90,9 @@ class TokenVerifier:
         self._introspects_jwts = any(p.introspect_jwts and p.introspector for p in issuers.values())
         # _jwt_introspection_candidates, by the route's ``allowed``.
         self._jwt_introspection: dict[tuple[str, ...] | None, tuple[IssuerPolicy, ...]] = {}
-        self._judgements: LRUCache[tuple[int, str], tuple[Answer, VerifiedToken | Denial]] = (
-            LRUCache(JUDGED_ANSWERS)
+        # Without an end of their own (``math.inf``): an answer's time is its cache's business.
+        self._judgements: ExpiringLru[tuple[int, str], tuple[Answer, VerifiedToken | Denial]] = (
+            ExpiringLru(JUDGED_ANSWERS, clock)
         )
 
     async def verify(
@@ -165,7 +166,7 @@ class TokenVerifier:
             check_lifetime=False,
         )
         # The answer is held with its judgement, so that its id is not reused while it is here.
-        self._judgements[key] = (answer, judged)
+        self._judgements.put(key, (answer, judged), math.inf)
         return judged
 
     def _jwt_introspection_candidates(
