@@ -54,6 +54,7 @@ COMPILED = [
     "gateway/pipeline/decision.py",
     "gateway/pipeline/verify/claims.py",
     "gateway/pipeline/verify/expiring.py",
+    "gateway/pipeline/verify/introspection.py",
     "gateway/pipeline/verify/jwt.py",
     "gateway/pipeline/verify/tokens.py",
     "gateway/digest.py",
