@@ -106,7 +106,7 @@ class ExpiringLru(Generic[K, V]):
         if members is None:
             members = self._slots[slot] = set()
             heapq.heappush(self._due, slot)
-            self._next_due = (self._due[0] + 1) * SLOT_SECONDS
+            self._note_next_due()
         members.add(key)
 
     def _unfile(self, key: K, expires: float) -> None:
@@ -121,8 +121,13 @@ class ExpiringLru(Generic[K, V]):
                 if len(self._due) > 2 * len(self._slots) + 64:
                     self._due = list(self._slots)
                     heapq.heapify(self._due)
-                    self._next_due = (self._due[0] + 1) * SLOT_SECONDS if self._due else math.inf
+                    self._note_next_due()
         # A key in the slot being drained stays there: it is checked again when its turn comes.
+
+    def _note_next_due(self) -> None:
+        """Keep, after each change to the heap, when its earliest slot's time has passed: a put
+        compares one float, not the heap's head turned into a time."""
+        self._next_due = (self._due[0] + 1) * SLOT_SECONDS if self._due else math.inf
 
     def _expire(self, now: float) -> None:
         """Drop a few entries whose slot's time has passed."""
@@ -136,7 +141,7 @@ class ExpiringLru(Generic[K, V]):
                 budget -= 1
             elif self._next_due <= now:
                 members = self._slots.pop(heapq.heappop(self._due), None)
-                self._next_due = (self._due[0] + 1) * SLOT_SECONDS if self._due else math.inf
+                self._note_next_due()
                 if members is None:
                     budget -= 1  # a slot emptied meanwhile costs a turn too: bounded work a put
                 else:
