@@ -310,9 +310,24 @@ def owner_lookup(
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not count)."""
+    """Whether any thread of process ``pid`` still runs (a zombie, exited but not yet reaped,
+    does not count).
+
+    Every thread counts, not just the first: a worker has libuv's pool threads beside it, and
+    when SIGKILL ends them all, the first can be a zombie while the others are still exiting.
+    The process's files, its listening socket among them, close only when the last one has
+    gone; until then the kernel still sends it new connections, and resets them as it closes.
+    """
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
         return False
-    return state != "Z"
+    return any(_thread_state(thread) not in (None, "Z") for thread in threads)
+
+
+def _thread_state(thread: Path) -> str | None:
+    """A thread's state letter from ``/proc/PID/task/TID/stat``; None once it is gone."""
+    try:
+        return (thread / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
