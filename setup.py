@@ -40,7 +40,7 @@ from setuptools.command.build_ext import build_ext
 
 # The modules every request runs through. The rest of the package stays interpreted: the
 # configuration, command line, admin and discovery run once or rarely; of the request path,
-# routing.py, jwks.py, token_cache.py and server.py's handed-over connections are not compiled
+# routing.py, token_cache.py and server.py's handed-over connections are not compiled
 # (bench/RESULTS.md says what keeps each out).
 COMPILED = [
     "gateway/observe/logs.py",
@@ -55,6 +55,7 @@ COMPILED = [
     "gateway/pipeline/verify/claims.py",
     "gateway/pipeline/verify/expiring.py",
     "gateway/pipeline/verify/introspection.py",
+    "gateway/pipeline/verify/jwks.py",
     "gateway/pipeline/verify/jwt.py",
     "gateway/pipeline/verify/tokens.py",
     "gateway/digest.py",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -233,7 +233,8 @@ async def test_a_token_verified_again_after_a_key_rotation_keeps_one_signature_c
 
 def verified_entry(expires: float) -> _Verified:
     token = VerifiedToken(issuer="corp", claims={}, scopes=frozenset())
-    return _Verified(token, cast(SigningKey, None), KeySet(), expires, NOW)
+    key = SigningKey(kid=None, kty="EC", crv="P-256", alg=None, key=A.ec)
+    return _Verified(token, key, KeySet(), expires, NOW)
 
 
 def test_expired_entries_leave_memory_even_if_never_looked_up_again() -> None:
