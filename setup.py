@@ -40,8 +40,8 @@ from setuptools.command.build_ext import build_ext
 
 # The modules every request runs through. The rest of the package stays interpreted: the
 # configuration, command line, admin and discovery run once or rarely; of the request path,
-# routing.py, token_cache.py and server.py's handed-over connections are not compiled
-# (bench/RESULTS.md says what keeps each out).
+# token_cache.py and server.py's handed-over connections are not compiled (bench/RESULTS.md
+# says what keeps each out).
 COMPILED = [
     "gateway/observe/logs.py",
     "gateway/observe/metrics.py",
@@ -49,6 +49,7 @@ COMPILED = [
     "gateway/pipeline/extract.py",
     "gateway/pipeline/identity.py",
     "gateway/pipeline/ingress.py",
+    "gateway/pipeline/routing.py",
     "gateway/pipeline/authorize.py",
     "gateway/pipeline/cors.py",
     "gateway/pipeline/decision.py",

@@ -337,12 +337,25 @@ def _methods_cover(mine: frozenset[str] | None, theirs: frozenset[str] | None) -
     return theirs is not None and theirs <= mine
 
 
-@dataclass(frozen=True, slots=True)
 class Match(Generic[T]):
-    """The route that matched, with the values captured by ``{name}`` segments."""
+    """The route that matched, with the values captured by ``{name}`` segments. Never changed
+    once made. A plain class: mypyc compiles no generic dataclass."""
 
-    value: T
-    params: dict[str, str]
+    __slots__ = ("params", "value")
+
+    def __init__(self, value: T, params: dict[str, str]) -> None:
+        self.value = value
+        self.params = params
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Match):
+            return NotImplemented
+        return bool(self.value == other.value and self.params == other.params)
+
+    __hash__ = None  # type: ignore[assignment]  # equal by value, and params is a dict
+
+    def __repr__(self) -> str:
+        return f"Match(value={self.value!r}, params={self.params!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +472,12 @@ def _covering_host_keys(host: HostPattern) -> list[str]:
 
 _UNSEEN = object()  # a lookup not remembered (None is an answer: no route)
 
+# A table's answers remembered by (Host header, path, method), oldest out first: most traffic
+# asks the same few questions (Kong's router keeps such a cache too). Long keys are not kept,
+# so the memory is bounded: about RECENT × RECENT_KEY_CHARS characters at most.
+RECENT = 4096
+RECENT_KEY_CHARS = 512
+
 
 class RouteTable(Generic[T]):
     """Routes in file order; the first one whose host, path and method all match wins.
@@ -470,16 +489,11 @@ class RouteTable(Generic[T]):
 
     __slots__ = ("_entries", "_paths", "_recent")
 
-    # Answers remembered by (Host header, path, method), oldest out first: most traffic asks
-    # the same few questions (Kong's router keeps such a cache too). Long keys are not kept,
-    # so the memory is bounded: about RECENT × RECENT_KEY_CHARS characters at most.
-    RECENT = 4096
-    RECENT_KEY_CHARS = 512
-
-    def __init__(self, entries: Iterable[tuple[RouteMatcher, T]]) -> None:
+    def __init__(self, entries: Iterable[tuple[RouteMatcher, T]], recent: int = RECENT) -> None:
+        """``recent``: how many answers are remembered (``RECENT``)."""
         self._entries: tuple[tuple[RouteMatcher, T], ...] = tuple(entries)
         self._recent: Recent[tuple[str | None, str, str], Match[T] | MethodNotAllowed | None] = (
-            Recent(self.RECENT)
+            Recent(recent)
         )
         self._paths = _PathTrie()
         for index, (matcher, _) in enumerate(self._entries):
@@ -509,7 +523,7 @@ class RouteTable(Generic[T]):
         if found is not _UNSEEN:
             return found  # type: ignore[return-value]  # (cast() would be a call on every request)
         found = self._find(host, path, method)
-        if len(path) + len(method) + (len(host) if host else 0) <= self.RECENT_KEY_CHARS:
+        if len(path) + len(method) + (len(host) if host else 0) <= RECENT_KEY_CHARS:
             recent.remember(key, found)
         return found
 

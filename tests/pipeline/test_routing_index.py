@@ -1,25 +1,48 @@
 """The route table's index: lookups, shadowing and overlap must give exactly what trying every
 route in file order gives, and must not try every route to get it, whatever the table's size
-or shape (10,000 routes under one shared prefix included)."""
+or shape (10,000 routes under one shared prefix included).
+
+These tests count the comparisons made by wrapping the classes' methods, so they run
+``routing.py`` from its source (``from_source``): compiled (setup.py), the table calls those
+methods directly and no wrapper would ever count. The table as compiled answers
+tests/pipeline/test_routing.py.
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.pipeline.routing import (
-    HostPattern,
-    Match,
-    MethodNotAllowed,
-    PathPattern,
-    RouteMatcher,
-    RouteTable,
-    host_without_port,
-)
+from tests.compiled import from_source
+
+routing = from_source("gateway.pipeline.routing")
+if TYPE_CHECKING:
+    from gateway.pipeline.routing import (
+        HostPattern,
+        Match,
+        MethodNotAllowed,
+        PathPattern,
+        RouteMatcher,
+        RouteTable,
+        host_without_port,
+    )
+else:
+    HostPattern, Match, MethodNotAllowed = (
+        routing.HostPattern,
+        routing.Match,
+        routing.MethodNotAllowed,
+    )
+    PathPattern, RouteMatcher, RouteTable = (
+        routing.PathPattern,
+        routing.RouteMatcher,
+        routing.RouteTable,
+    )
+    host_without_port = routing.host_without_port
 
 # --- The specification: every route, in file order --------------------------------------------
 
@@ -112,10 +135,9 @@ def test_a_lookup_agrees_with_trying_every_route_in_file_order(
 
 
 def test_remembered_lookups_are_bounded_and_the_oldest_go_first(
-    monkeypatch: pytest.MonkeyPatch, comparisons: dict[str, int]
+    comparisons: dict[str, int],
 ) -> None:
-    monkeypatch.setattr(RouteTable, "RECENT", 8)
-    table = RouteTable([(RouteMatcher((), PathPattern.parse("/a/{id}"), None), 0)])
+    table = RouteTable([(RouteMatcher((), PathPattern.parse("/a/{id}"), None), 0)], recent=8)
     for n in range(100):
         assert table.lookup(None, f"/a/{n}", "GET") == Match(0, {"id": str(n)})
     assert len(table._recent) == 8
@@ -128,7 +150,7 @@ def test_remembered_lookups_are_bounded_and_the_oldest_go_first(
 
 def test_a_lookup_with_a_long_path_is_answered_but_not_remembered() -> None:
     table = RouteTable([(RouteMatcher((), PathPattern.parse("/a/**"), None), 0)])
-    long_path = "/a/" + "x" * RouteTable.RECENT_KEY_CHARS
+    long_path = "/a/" + "x" * routing.RECENT_KEY_CHARS
     assert table.lookup("a.test", long_path, "GET") == Match(0, {})
     assert table.lookup("a.test", "/a/short", "GET") == Match(0, {})
     assert list(table._recent) == [("a.test", "/a/short", "GET")]
