@@ -27,7 +27,13 @@ from gateway.pipeline.decision import Denial, VerifiedToken
 from gateway.pipeline.extract import is_b64token
 from gateway.pipeline.verify.fetch import FetchError
 from gateway.pipeline.verify.jwks import KeyStore
-from gateway.pipeline.verify.jwt import JwtVerifier, _b64decode, issuer_keys
+from gateway.pipeline.verify.jwt import (
+    JwtVerifier,
+    SignatureCheck,
+    _b64decode,
+    issuer_keys,
+    signature_ok,
+)
 from gateway.pipeline.verify.tokens import b64token_is_compact_jws, is_compact_jws
 from tests.support import AUDIENCE, ISSUER, TokenIssuer, b64json, b64url
 
@@ -122,6 +128,7 @@ async def make_verifier(
     leeway: float = 30.0,
     idp_down: bool = False,
     clock: Clock | None = None,
+    signature_check: SignatureCheck | None = None,
 ) -> JwtVerifier:
     """A verifier trusting issuer A as ``corp`` and issuer B as ``partner``; with ``idp_down``
     A's keys could never be loaded."""
@@ -134,7 +141,7 @@ async def make_verifier(
         issuers[name] = issuer_keys(
             name, issuer.issuer, algorithms, leeway, token_type, "scope", store
         )
-    return JwtVerifier(issuers, clock=clock or Clock())
+    return JwtVerifier(issuers, clock=clock or Clock(), signature_check=signature_check)
 
 
 async def verify(candidate: str, **options: Any) -> VerifiedToken | Denial:
@@ -237,6 +244,26 @@ async def test_a_token_hmaced_with_the_rsa_public_jwk_json_is_refused_as_disallo
 
 async def test_an_algorithm_outside_the_issuers_allow_list_is_refused() -> None:
     assert await reason_of(token("ES256"), algorithms=["RS256"]) == "disallowed_alg"
+
+
+async def test_a_signature_longer_than_64_kib_is_an_invalid_signature_without_being_checked() -> (
+    None
+):
+    # Reachable only where `max_token_bytes` is raised past about 87 KiB: the bound joserfc's
+    # registry would apply, kept without it.
+    header, payload, _ = token().split(".")
+    checks: list[bytes] = []
+
+    def counted(algorithm: Any, signed: bytes, signature: bytes, key: Any) -> bool:
+        checks.append(signature)
+        return signature_ok(algorithm, signed, signature, key)
+
+    verifier = await make_verifier(signature_check=counted)
+    for size in (64 * 1024, 64 * 1024 + 1):
+        signature = base64.urlsafe_b64encode(bytes(size)).rstrip(b"=").decode()
+        result = await verifier.verify(f"{header}.{payload}.{signature}")
+        assert isinstance(result, Denial) and result.reason == "invalid_signature"
+    assert [len(s) for s in checks] == [64 * 1024]  # the longer one was refused unchecked
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3])
