@@ -48,5 +48,9 @@ def from_source(name: str) -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[source_name] = module  # dataclasses look their module up while it runs
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[source_name]  # as importlib does: no half-made module to find later
+        raise
     return module

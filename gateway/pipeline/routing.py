@@ -338,8 +338,9 @@ def _methods_cover(mine: frozenset[str] | None, theirs: frozenset[str] | None) -
 
 
 class Match(Generic[T]):
-    """The route that matched, with the values captured by ``{name}`` segments. Never changed
-    once made. A plain class: mypyc compiles no generic dataclass."""
+    """The route that matched, with the values captured by ``{name}`` segments. Shared between
+    requests (a table remembers its answers): never to be changed once made. A plain class:
+    mypyc compiles no generic dataclass, and compiled, nothing would stop an assignment."""
 
     __slots__ = ("params", "value")
 

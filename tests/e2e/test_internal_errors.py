@@ -9,8 +9,9 @@ from tests.e2e.conftest import Stack
 
 # What the gateway awaits for a token naming a key it does not have: the issuer's keys fetched
 # again. A RuntimeError there stands for any bug on the request path. KeyStore's class is
-# patched: gateway/pipeline/verify/jwks.py is not compiled (setup.py), while the verifier's own
-# classes are, and a compiled class's methods cannot be replaced.
+# patched, compiled as it is (setup.py): the verifier calls it through the KeySource protocol,
+# which looks the method up by name, so the patched one is called. (Compiled code that called
+# a compiled class's method by its class would call the original.)
 UNKNOWN_KID = "no-such-key"
 
 

@@ -17,6 +17,7 @@ from gateway.pipeline.routing import (
     RouteTable,
     host_without_port,
 )
+from tests.compiled import from_source
 
 # --- A tiny universe in which pattern relations can be checked by brute force -----------------
 
@@ -540,3 +541,68 @@ def test_a_shadowed_route_is_never_the_answer_to_a_lookup(
     result = table.lookup(None, path, method)
     if isinstance(result, Match):
         assert result.value not in hidden
+
+
+# --- The compiled table answers as its source does ----------------------------------------------
+
+# tests/pipeline/test_routing_index.py checks the table's index against trying every route, with
+# routing.py run from its source (it counts comparisons, which compiled code makes unseen). Here
+# the compiled table must give the same answers as that source, route for route.
+SOURCE = from_source("gateway.pipeline.routing")
+
+ROUTE_LABELS = ("a", "b")
+ROUTE_HOSTS = ["a.test", "x.a.test", "*.a.test", "*.test"]
+
+
+@st.composite
+def route_specs(draw: st.DrawFn) -> tuple[str, list[str], list[str] | None]:
+    """A route as a file gives it: a path pattern, hosts and methods (None: every method)."""
+    tokens = draw(st.lists(st.sampled_from([*ROUTE_LABELS, "*", "{}"]), max_size=4))
+    segments = [f"{{p{i}}}" if token == "{}" else token for i, token in enumerate(tokens)]
+    path = "/" + "/".join(segments)
+    ending = draw(st.sampled_from(["", "/", "/**"]))
+    if ending == "/**":
+        path = path.rstrip("/") + "/**"
+    elif ending == "/" and segments:
+        path += "/"
+    hosts = draw(st.lists(st.sampled_from(ROUTE_HOSTS), max_size=2, unique=True))
+    methods = draw(st.none() | st.lists(st.sampled_from(["GET", "POST"]), min_size=1))
+    return path, hosts, methods
+
+
+def answer(found: object) -> object:
+    """A lookup's answer as plain values, comparable between the two modules' classes."""
+    if found is None:
+        return None
+    if hasattr(found, "allow"):
+        return ("405", found.allow)
+    return ("match", found.value, found.params)  # type: ignore[attr-defined]
+
+
+@given(
+    st.lists(route_specs(), max_size=10),
+    st.lists(st.sampled_from(UNIVERSE), min_size=1, max_size=6),
+    st.sampled_from([None, "a.test", "x.a.test:8443", "b.test"]),
+    st.sampled_from(["GET", "POST", "PUT"]),
+    st.data(),
+)
+def test_the_compiled_table_answers_every_question_as_its_source_does(
+    specs: list[tuple[str, list[str], list[str] | None]],
+    paths: list[str],
+    host: str | None,
+    method: str,
+    data: st.DataObject,
+) -> None:
+    compiled = RouteTable([(RouteMatcher.build(p, h, m), i) for i, (p, h, m) in enumerate(specs)])
+    source = SOURCE.RouteTable(
+        [(SOURCE.RouteMatcher.build(p, h, m), i) for i, (p, h, m) in enumerate(specs)]
+    )
+    for path in paths + paths:  # the second time from remembered answers
+        assert answer(compiled.lookup(host, path, method)) == answer(
+            source.lookup(host, path, method)
+        )
+    assert compiled.shadowed() == source.shadowed()
+    indices = list(range(len(specs)))
+    routes = data.draw(st.lists(st.sampled_from(indices), unique=True) if indices else st.just([]))
+    among = [i for i in indices if i not in routes]
+    assert compiled.overlapping(routes, among) == source.overlapping(routes, among)
