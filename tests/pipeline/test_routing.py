@@ -18,6 +18,7 @@ from gateway.pipeline.routing import (
     host_without_port,
 )
 from tests.compiled import from_source
+from tests.pipeline.test_routing_index import pattern_texts
 
 # --- A tiny universe in which pattern relations can be checked by brute force -----------------
 
@@ -550,21 +551,13 @@ def test_a_shadowed_route_is_never_the_answer_to_a_lookup(
 # the compiled table must give the same answers as that source, route for route.
 SOURCE = from_source("gateway.pipeline.routing")
 
-ROUTE_LABELS = ("a", "b")
 ROUTE_HOSTS = ["a.test", "x.a.test", "*.a.test", "*.test"]
 
 
 @st.composite
 def route_specs(draw: st.DrawFn) -> tuple[str, list[str], list[str] | None]:
     """A route as a file gives it: a path pattern, hosts and methods (None: every method)."""
-    tokens = draw(st.lists(st.sampled_from([*ROUTE_LABELS, "*", "{}"]), max_size=4))
-    segments = [f"{{p{i}}}" if token == "{}" else token for i, token in enumerate(tokens)]
-    path = "/" + "/".join(segments)
-    ending = draw(st.sampled_from(["", "/", "/**"]))
-    if ending == "/**":
-        path = path.rstrip("/") + "/**"
-    elif ending == "/" and segments:
-        path += "/"
+    path = draw(pattern_texts())
     hosts = draw(st.lists(st.sampled_from(ROUTE_HOSTS), max_size=2, unique=True))
     methods = draw(st.none() | st.lists(st.sampled_from(["GET", "POST"]), min_size=1))
     return path, hosts, methods

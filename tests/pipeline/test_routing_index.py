@@ -98,7 +98,8 @@ HOSTS = ["a.test", "x.a.test", "y.x.a.test", "b.test", "*.a.test", "*.x.a.test",
 
 
 @st.composite
-def patterns(draw: st.DrawFn) -> PathPattern:
+def pattern_texts(draw: st.DrawFn) -> str:
+    """A path pattern as a file writes it, over the labels a and b, wildcards and ``**``."""
     tokens = draw(st.lists(st.sampled_from(["a", "b", "*", "{}"]), max_size=4))
     segments = [f"{{p{i}}}" if token == "{}" else token for i, token in enumerate(tokens)]
     text = "/" + "/".join(segments)
@@ -107,7 +108,12 @@ def patterns(draw: st.DrawFn) -> PathPattern:
         text = text.rstrip("/") + "/**"
     elif ending == "/" and segments:
         text += "/"
-    return PathPattern.parse(text)
+    return text
+
+
+@st.composite
+def patterns(draw: st.DrawFn) -> PathPattern:
+    return PathPattern.parse(draw(pattern_texts()))
 
 
 @st.composite
