@@ -87,17 +87,16 @@ def issuer_keys(
     )
 
 
-# joserfc refuses a header segment over 512 bytes (and a signature over 1024) as a bad
-# signature, so a good token whose issuer adds an `x5c` chain (ignored here, never trusted)
-# would fail. The whole token is already bounded by `max_token_bytes` before it gets here.
-_MAX_SEGMENT_BYTES = 64 * 1024
+# The longest signature checked: a longer one is refused as invalid before any key is tried.
+# (joserfc's own bounds, a header over 512 bytes and a signature over 1024, would refuse a good
+# token whose issuer adds an `x5c` chain, ignored here and never trusted; the token is parsed
+# here, not by joserfc, so neither applies.) The whole token is already bounded by
+# `max_token_bytes` before it gets here.
+_MAX_SIGNATURE_BYTES = 64 * 1024
 
 
 def _registry(algorithms: Collection[str]) -> JWSRegistry:
-    registry = JWSRegistry(algorithms=list(algorithms), strict_check_header=False)
-    registry.max_header_length = _MAX_SEGMENT_BYTES
-    registry.max_signature_length = _MAX_SEGMENT_BYTES
-    return registry
+    return JWSRegistry(algorithms=list(algorithms), strict_check_header=False)
 
 
 def normalize_media_type(value: str) -> str:
@@ -391,8 +390,7 @@ class JwtVerifier:
             raw_signature = _b64decode(signature)
         except binascii.Error:  # a length no encoding has
             return _INVALID_SIGNATURE
-        if len(raw_signature) > _MAX_SEGMENT_BYTES:
-            # The registry's own bound (its validate_signature_size, in an interpreted call).
+        if len(raw_signature) > _MAX_SIGNATURE_BYTES:
             return _INVALID_SIGNATURE
         signed = signing_input.encode("ascii")  # what the signature covers, for every key tried
         signer = next(
